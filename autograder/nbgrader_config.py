@@ -1,0 +1,45 @@
+"""nbgrader configuration: the repository root is the course directory.
+
+Run nbgrader from this folder (the Makefile does): ``cd autograder && nbgrader ...``.
+
+    solutions/<chapter>/<chapter>.ipynb                source   (instructor notebooks)
+    course/<chapter>/<chapter>.ipynb                   release  (what learners open)
+    autograder/submitted/<student>/<chapter>/...       collected submissions   (git-ignored)
+    autograder/autograded/..., autograder/feedback/... nbgrader's output        (git-ignored)
+    autograder/gradebook.db                            the gradebook            (git-ignored)
+"""
+import os
+from pathlib import Path
+
+c = get_config()  # noqa: F821 (provided by nbgrader when it loads this file)
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+c.CourseDirectory.course_id = "deep-learning-course"
+c.CourseDirectory.root = str(ROOT)
+c.CourseDirectory.source_directory = "solutions"
+c.CourseDirectory.release_directory = "course"
+c.CourseDirectory.submitted_directory = "autograder/submitted"
+c.CourseDirectory.autograded_directory = "autograder/autograded"
+c.CourseDirectory.feedback_directory = "autograder/feedback"
+# An instructor (or a test) may point the gradebook elsewhere with NBGRADER_DB_URL.
+c.CourseDirectory.db_url = os.environ.get("NBGRADER_DB_URL", f"sqlite:///{HERE / 'gradebook.db'}")
+
+# Every notebook runs on the environment's own Python kernel, whatever its metadata says.
+c.Execute.kernel_name = "python3"
+# Per-cell limit. The slowest cell of a chapter in fast mode (training) takes a few
+# seconds and the slowest test cell about one; 120 s leaves a wide margin on a slow
+# laptop while still stopping an infinite loop so the other exercises get graded.
+c.Execute.timeout = 120
+c.Execute.interrupt_on_timeout = True
+
+# nbgrader gives 0 to a test cell with any stderr output. Library warnings are not the
+# learner's fault: drop stderr chunks that are warnings before grading.
+c.IgnorePattern.enabled = True
+c.IgnorePattern.pattern = r"(?i)warn"
+
+# Put back locked cells (tests, instructions) that a learner deleted.
+c.OverwriteCells.add_missing_cells = True
+
+c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
