@@ -18,6 +18,8 @@ TORCH  := $(shell grep -o '"torch==[^"]*"' pyproject.toml | tr -d '"')
 STAMP  := $(VENV)/.installed
 PORT   ?= 8888
 LAB_ARGS ?=
+# Jupyter refuses to run as root (containers, CI) unless told it is on purpose.
+ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 .PHONY: help install lab test release grade clean
 
@@ -36,7 +38,7 @@ install: $(STAMP)
 lab: $(STAMP)
 	@echo "Starting JupyterLab on 127.0.0.1; open the URL with the token printed below."
 	jupyter lab --no-browser --ServerApp.ip=127.0.0.1 --ServerApp.port=$(PORT) \
-	  --ServerApp.root_dir="$(CURDIR)/course" $(LAB_ARGS)
+	  --ServerApp.root_dir="$(CURDIR)/course" $(ALLOW_ROOT) $(LAB_ARGS)
 
 test: $(STAMP)
 	COURSE_FAST=1 python -m pytest $(PYTEST_ARGS)

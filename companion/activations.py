@@ -13,8 +13,8 @@ from torch import Tensor
 
 
 def relu(x: Tensor) -> Tensor:
-    """max(0, x), elementwise."""
-    return torch.where(x > 0, x, torch.zeros_like(x))
+    """max(0, x), elementwise (NaN stays NaN, as in ``torch.relu``)."""
+    return x.clamp(min=0)
 
 
 def relu_grad(x: Tensor) -> Tensor:
@@ -36,10 +36,12 @@ def sigmoid(x: Tensor) -> Tensor:
     """1 / (1 + exp(-x)), computed without overflow for large |x|.
 
     For x >= 0 this form is used directly; for x < 0 the equal form exp(x) / (1 + exp(x))
-    keeps exp's argument non-positive.
+    keeps exp's argument non-positive. (Clamping, rather than abs, keeps autograd's
+    derivative right at exactly 0, and keeps the unused branch finite.)
     """
-    e = torch.exp(-x.abs())  # in (0, 1]: never overflows
-    return torch.where(x >= 0, 1 / (1 + e), e / (1 + e))
+    pos = torch.exp(-x.clamp(min=0))  # in (0, 1]: never overflows
+    neg = torch.exp(x.clamp(max=0))
+    return torch.where(x >= 0, 1 / (1 + pos), neg / (1 + neg))
 
 
 def sigmoid_grad(x: Tensor) -> Tensor:
@@ -49,8 +51,14 @@ def sigmoid_grad(x: Tensor) -> Tensor:
 
 
 def tanh(x: Tensor) -> Tensor:
-    """(e^x - e^-x) / (e^x + e^-x) = 2 * sigmoid(2x) - 1, stable for large |x|."""
-    return 2 * sigmoid(2 * x) - 1
+    """(e^x - e^-x) / (e^x + e^-x), stable for large |x| and precise near 0.
+
+    With t = expm1(-2|x|) = e^(-2|x|) - 1, tanh|x| = -t / (2 + t); ``expm1`` keeps the
+    digits that ``exp(...) - 1`` would lose for tiny x.
+    """
+    t_pos = torch.expm1(-2 * x.clamp(min=0))
+    t_neg = torch.expm1(2 * x.clamp(max=0))
+    return torch.where(x >= 0, -t_pos / (2 + t_pos), t_neg / (2 + t_neg))
 
 
 def tanh_grad(x: Tensor) -> Tensor:

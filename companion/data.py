@@ -139,6 +139,8 @@ def stratified_split(y: np.ndarray, test_fraction: float, seed: int = 0) -> tupl
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be between 0 and 1, got {test_fraction}")
     y = np.asarray(y)
+    if y.size == 0:
+        raise ValueError("cannot split an empty label array")
     rng = np.random.default_rng(seed)
     test_parts = []
     for cls in np.unique(y):

@@ -27,7 +27,7 @@ def perceptron_update(w: np.ndarray, b: float, x: np.ndarray, y: int, lr: float 
     return w + lr * error * x, float(b + lr * error)
 
 
-def train_perceptron(X: np.ndarray, y: np.ndarray, lr: float = 0.1, epochs: int = 20, seed: int = 0):
+def train_perceptron(X: np.ndarray, y: np.ndarray, lr: float = 0.1, epochs: int = 50, seed: int = 0):
     """Train with one update per example per epoch, in a fixed order.
 
     Returns ``(w, b, accuracy_per_epoch)``; accuracy is measured after each epoch.

@@ -28,15 +28,21 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
 
-def _flag(name: str) -> bool | None:
-    value = os.environ.get(name)
-    if value is None:
+def _flag(name: str, strict: bool = True) -> bool | None:
+    """Read a yes/no environment variable; unset or empty gives None.
+
+    ``strict=False`` (for variables set by other tools, like ``CI``) reads any value that
+    is not a recognisable "no" as yes.
+    """
+    value = os.environ.get(name, "").strip().lower()
+    if not value:
         return None
-    value = value.strip().lower()
     if value in _TRUE:
         return True
     if value in _FALSE:
         return False
+    if not strict:
+        return True
     raise ValueError(f"{name}={value!r}: use 1/0, true/false, yes/no or on/off")
 
 
@@ -48,16 +54,16 @@ def fast_mode() -> bool:
     forced = _flag("COURSE_FAST")
     if forced is not None:
         return forced
-    return bool(os.environ.get("NBGRADER_EXECUTION")) or bool(_flag("CI"))
+    return bool(os.environ.get("NBGRADER_EXECUTION")) or bool(_flag("CI", strict=False))
 
 
 def mode_reason() -> str:
     """A short human explanation of why the current mode is on."""
-    if os.environ.get("COURSE_FAST") is not None:
+    if _flag("COURSE_FAST") is not None:
         return "COURSE_FAST is set"
     if os.environ.get("NBGRADER_EXECUTION"):
         return "running under nbgrader"
-    if _flag("CI"):
+    if _flag("CI", strict=False):
         return "running under CI"
     return "default for a learner"
 

@@ -74,23 +74,31 @@ def evaluate(model: nn.Module, data: Any, loss_fn: Callable = F.cross_entropy, b
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
-    total_loss, correct, count = 0.0, 0, 0
+    total_loss, correct, count, classifying = 0.0, 0, 0, True
     for X, y in batches(data, batch_size, shuffle=False):
         X, y = X.to(device), y.to(device)
         out = model(X)
-        total_loss += loss_fn(out, y, reduction="sum").item()
-        correct += (out.argmax(dim=-1) == y).sum().item()
+        total_loss += loss_fn(out, y).item() * len(y)  # loss_fn returns a batch mean
+        classifying = out.ndim == 2 and y.ndim == 1
+        if classifying:
+            correct += (out.argmax(dim=-1) == y).sum().item()
         count += len(y)
     model.train(was_training)
-    return {"loss": total_loss / count, "acc": correct / count}
+    metrics = {"loss": total_loss / count}
+    if classifying:
+        metrics["acc"] = correct / count
+    return metrics
 
 
 @torch.no_grad()
 def predict(model: nn.Module, X: Tensor, batch_size: int = 1024) -> Tensor:
     """Model outputs for ``X`` in eval mode, on the CPU. X (N, ...) -> (N, C)."""
     device = next(model.parameters()).device
+    was_training = model.training
     model.eval()
-    return torch.cat([model(X[i:i + batch_size].to(device)).cpu() for i in range(0, len(X), batch_size)])
+    out = torch.cat([model(X[i:i + batch_size].to(device)).cpu() for i in range(0, len(X), batch_size)])
+    model.train(was_training)
+    return out
 
 
 def fit(model: nn.Module, train: Any, val: Any = None, *, epochs: int = 10, lr: float = 1e-3,
@@ -101,7 +109,9 @@ def fit(model: nn.Module, train: Any, val: Any = None, *, epochs: int = 10, lr: 
 
     The default optimizer is Adam with ``lr``. ``scheduler`` is stepped once per epoch
     (with the validation loss for ``ReduceLROnPlateau``). Shuffling uses its own
-    generator seeded with ``seed``, so runs repeat exactly on the CPU.
+    generator seeded with ``seed``; weight initialisation and dropout use the global
+    generator, so call :func:`companion.seed_everything` before building the model for
+    runs that repeat exactly on the CPU.
     """
     from tqdm.auto import tqdm
 
@@ -116,7 +126,7 @@ def fit(model: nn.Module, train: Any, val: Any = None, *, epochs: int = 10, lr: 
     bar = tqdm(range(epochs), desc="epochs", disable=not progress, leave=True)
     for epoch in bar:
         model.train()
-        total_loss, correct, count = 0.0, 0, 0
+        total_loss, correct, count, classifying = 0.0, 0, 0, True
         for X, y in batches(train, batch_size, shuffle=True, generator=generator):
             X, y = X.to(device), y.to(device)
             optimizer.zero_grad()
@@ -128,11 +138,12 @@ def fit(model: nn.Module, train: Any, val: Any = None, *, epochs: int = 10, lr: 
             loss.backward()
             optimizer.step()
             total_loss += loss.item() * len(y)
-            if out.ndim == 2 and y.ndim == 1:
+            classifying = out.ndim == 2 and y.ndim == 1
+            if classifying:
                 correct += (out.argmax(dim=-1) == y).sum().item()
             count += len(y)
         logs = {"loss": total_loss / count, "lr": optimizer.param_groups[0]["lr"]}
-        if correct:
+        if classifying:
             logs["acc"] = correct / count
         if val is not None:
             logs.update({f"val_{k}": v for k, v in evaluate(model, val, loss_fn, device=device).items()})

@@ -16,7 +16,8 @@ from .core import (
     check_gradient,
     compare,
     describe,
+    learner_facing,
     passed,
 )
 
-__all__ = ["Case", "CheckFailed", "check_function", "check_gradient", "compare", "describe", "passed"]
+__all__ = ["Case", "CheckFailed", "check_function", "check_gradient", "compare", "describe", "learner_facing", "passed"]

@@ -20,7 +20,7 @@ from .. import backprop as B
 from .. import models as M
 from .. import perceptron as P
 from ..runtime import get_device
-from .core import Case, CheckFailed, check_function, compare, passed, run_learner
+from .core import Case, CheckFailed, check_function, compare, learner_facing, passed, run_learner
 
 
 def _tensor_cases(hidden: bool, big: float = 20.0) -> list[Case]:
@@ -52,6 +52,7 @@ def _activation(name: str, fn: Callable, grad: Callable, ref: Callable, ref_grad
     passed(f"{name} and {name}_grad", 2 * len(cases), device, hidden)
 
 
+@learner_facing
 def relu(fn: Callable, grad: Callable, *, hidden: bool = False, device=None) -> None:
     """Check ``relu(x)`` and ``relu_grad(x)`` (tensors in, tensors out, same shape)."""
     _activation("relu", fn, grad, A.relu, A.relu_grad, hidden, device,
@@ -61,6 +62,7 @@ def relu(fn: Callable, grad: Callable, *, hidden: bool = False, device=None) -> 
                                "the derivative is 1 or 0, not the ReLU output itself": A.relu})
 
 
+@learner_facing
 def leaky_relu(fn: Callable, grad: Callable, *, hidden: bool = False, device=None) -> None:
     """Check ``leaky_relu(x, alpha=0.01)`` and ``leaky_relu_grad(x, alpha=0.01)``."""
     _activation("leaky_relu", fn, grad, A.leaky_relu, A.leaky_relu_grad, hidden, device,
@@ -72,6 +74,7 @@ def leaky_relu(fn: Callable, grad: Callable, *, hidden: bool = False, device=Non
                 kwargs={"alpha": 0.2})
 
 
+@learner_facing
 def sigmoid(fn: Callable, grad: Callable, *, hidden: bool = False, device=None) -> None:
     """Check ``sigmoid(x)`` and ``sigmoid_grad(x)``."""
     _activation("sigmoid", fn, grad, A.sigmoid, A.sigmoid_grad, hidden, device,
@@ -80,6 +83,7 @@ def sigmoid(fn: Callable, grad: Callable, *, hidden: bool = False, device=None) 
                                "the derivative is s * (1 - s) with s = sigmoid(x), not x * (1 - x)": lambda x: x * (1 - x)})
 
 
+@learner_facing
 def tanh(fn: Callable, grad: Callable, *, hidden: bool = False, device=None) -> None:
     """Check ``tanh(x)`` and ``tanh_grad(x)``."""
     _activation("tanh", fn, grad, A.tanh, A.tanh_grad, hidden, device,
@@ -87,6 +91,7 @@ def tanh(fn: Callable, grad: Callable, *, hidden: bool = False, device=None) -> 
                                "the derivative is 1 - tanh(x)**2, not 1 - tanh(x)": lambda x: 1 - A.tanh(x)})
 
 
+@learner_facing
 def gelu(fn: Callable, grad: Callable, *, hidden: bool = False, device=None) -> None:
     """Check ``gelu(x)`` (exact, with the normal CDF) and ``gelu_grad(x)``."""
     def tanh_approx(x):
@@ -99,6 +104,7 @@ def gelu(fn: Callable, grad: Callable, *, hidden: bool = False, device=None) -> 
                                lambda x: 0.5 * (1 + torch.erf(x / math.sqrt(2)))})
 
 
+@learner_facing
 def softmax(fn: Callable, *, hidden: bool = False, device=None) -> None:
     """Check ``softmax(z)`` over the last dimension, including logits that overflow exp."""
     device = get_device() if device is None else device
@@ -122,6 +128,7 @@ def softmax(fn: Callable, *, hidden: bool = False, device=None) -> None:
                              lambda z: torch.exp(z - z.amax()) / torch.exp(z - z.amax()).sum()})
 
 
+@learner_facing
 def perceptron_update(fn: Callable, *, hidden: bool = False) -> None:
     """Check ``perceptron_update(w, b, x, y, lr)`` -> ``(new_w, new_b)`` (NumPy)."""
     w = np.array([0.5, -0.3])
@@ -167,6 +174,7 @@ def _net_cases(hidden: bool):
     return cases
 
 
+@learner_facing
 def forward(fn: Callable, *, hidden: bool = False) -> None:
     """Check ``forward(params, X)`` -> ``(out, {"z1", "a1", "z2"})`` of the NumPy network."""
     cases = [Case(label, (params, X)) for label, params, X, _ in _net_cases(hidden)]
@@ -177,6 +185,7 @@ def forward(fn: Callable, *, hidden: bool = False) -> None:
                                             "z2": (X @ p["W1"] + p["b1"]) @ p["W2"] + p["b2"]})})
 
 
+@learner_facing
 def backward(fn: Callable, *, hidden: bool = False) -> None:
     """Check ``backward(params, X, y, out, cache)`` -> gradients ``{"W1", "b1", "W2", "b2"}``.
 
@@ -206,6 +215,7 @@ def backward(fn: Callable, *, hidden: bool = False) -> None:
         passed("backward (with numerical gradient checks)", 2 * len(cases), hidden=True)
 
 
+@learner_facing
 def numerical_gradient(fn: Callable, *, hidden: bool = False) -> None:
     """Check ``numerical_gradient(f, x, eps=1e-5)`` (central differences, x restored afterwards)."""
     def cube_sum(x):
@@ -242,6 +252,7 @@ def numerical_gradient(fn: Callable, *, hidden: bool = False) -> None:
                              " (f(x+eps) - f(x-eps)) / (2 * eps), which are far more accurate": forward_diff})
 
 
+@learner_facing
 def build_mlp(fn: Callable, *, hidden: bool = False, device=None) -> None:
     """Check ``build_mlp()`` -> the guide's 784-128-64-32-10 network with dropout 0.2, returning logits."""
     device = get_device() if device is None else device

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import math
 import traceback
@@ -23,6 +24,28 @@ class Case:
     label: str
     args: tuple = ()
     kwargs: dict = field(default_factory=dict)
+
+
+def learner_facing(check: Callable) -> Callable:
+    """Make a check show the learner only its message, not the companion's internals.
+
+    A :class:`CheckFailed` leaves with its traceback cut at this wrapper, whose frame
+    IPython hides (``__tracebackhide__``), so the notebook shows the learner's cell line,
+    one line of the companion and the message. Other exceptions (a bug in a check) keep their full traceback.
+    """
+    @functools.wraps(check)
+    def wrapper(*args, **kwargs):
+        __tracebackhide__ = True  # noqa: F841 (read by IPython and pytest)
+        try:
+            return check(*args, **kwargs)
+        except CheckFailed as err:
+            _report(err)
+    return wrapper
+
+
+def _report(err: CheckFailed):
+    # IPython always shows the last frame of a traceback; let it be this one line.
+    raise err.with_traceback(None) from None  # the check did not pass: the message below says why
 
 
 # ---------------------------------------------------------------- descriptions
@@ -77,7 +100,8 @@ def _short(value: Any) -> str:
 
 def _as_numpy(x: Any) -> np.ndarray:
     if isinstance(x, torch.Tensor):
-        return x.detach().cpu().numpy()
+        x = x.detach().cpu()
+        return (x.float() if x.dtype == torch.bfloat16 else x).numpy()
     return np.asarray(x)
 
 
@@ -163,6 +187,8 @@ def compare(got: Any, expected: Any, *, rtol: float = 1e-5, atol: float = 1e-7, 
         return None
     if isinstance(expected, (bool, np.bool_)) or expected is None or isinstance(expected, str):
         if got is expected or (type(got) is type(expected) and got == expected):
+            return None
+        if isinstance(expected, (bool, np.bool_)) and isinstance(got, (bool, np.bool_)) and bool(got) == bool(expected):
             return None
         return f"{path} is {_short(got)}, expected {_short(expected)}."
     if isinstance(expected, (int, float, np.number)):
@@ -257,6 +283,7 @@ def passed(name: str, n_cases: int, device: Any = None, hidden: bool = False) ->
     print(f"\u2714 {name}: matches the reference on all {n_cases} {kind} case(s){on}.")
 
 
+@learner_facing
 def check_function(
     fn: Callable,
     reference: Callable,
@@ -301,6 +328,7 @@ def check_function(
         passed(name, len(cases), device, hidden)
 
 
+@learner_facing
 def check_gradient(
     f: Callable[[np.ndarray], float],
     x: np.ndarray,
