@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(autouse=True)
-def _fast_mode(monkeypatch, tmp_path):
+def _fast_mode(monkeypatch):
     monkeypatch.setenv("COURSE_FAST", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
 
