@@ -340,21 +340,20 @@ def check_gradient(
 ) -> float:
     """Compare an analytic gradient with central differences of ``f`` at ``x``.
 
-    f: maps an array shaped like x to a float. x, grad: same shape. Returns the relative
-    error ``|g - n| / max(|g| + |n|, 1e-12)`` (max over entries); raises
-    :class:`CheckFailed` naming the worst entry when it exceeds ``tol``.
+    f: maps an array shaped like x to a float. x, grad: same shape. Returns
+    :func:`companion.backprop.relative_error`; raises :class:`CheckFailed` naming the
+    entry that differs most when it exceeds ``tol``.
     """
-    from ..backprop import numerical_gradient
+    from ..backprop import numerical_gradient, relative_error
 
     x = np.asarray(x, dtype=np.float64)
     grad = np.asarray(grad, dtype=np.float64)
     if grad.shape != x.shape:
         raise CheckFailed(f"{name} has shape {grad.shape}, but the parameter has shape {x.shape}.")
     num = numerical_gradient(f, x.copy(), eps=eps)
-    rel = np.abs(grad - num) / np.maximum(np.abs(grad) + np.abs(num), 1e-12)
-    worst = np.unravel_index(int(np.argmax(rel)), rel.shape) if rel.size else ()
-    err = float(rel.max()) if rel.size else 0.0
+    err = relative_error(grad, num)
     if err > tol:
+        worst = np.unravel_index(int(np.argmax(np.abs(grad - num))), grad.shape)
         raise CheckFailed(
             f"{name} disagrees with the numerical gradient: relative error {err:.2e} (tolerance {tol:.0e});"
             f" worst at index {tuple(int(i) for i in worst)}: analytic {grad[worst]:.6g}, numerical {num[worst]:.6g}."
