@@ -18,8 +18,9 @@ from .runtime import cache_dir, fast_mode, get_device, pick, seed_everything, st
 __version__ = "0.1.0"
 
 _SUBMODULES = {
-    "activations", "backprop", "checks", "data", "models", "perceptron", "plots",
-    "runtime", "training", "widgets",
+    "activations", "backprop", "checks", "data", "intro", "losses", "models", "optim",
+    "perceptron", "plots", "regularization", "runtime", "schedules", "surfaces",
+    "training", "widgets",
 }
 
 __all__ = ["cache_dir", "fast_mode", "get_device", "pick", "seed_everything", "start",

@@ -169,14 +169,17 @@ class Splits:
 
 
 def split(ds: Dataset, test_fraction: float = 0.2, val_fraction: float = 0.2, seed: int = 0) -> Splits:
-    """Stratified train / validation / test split.
+    """Stratified train / validation / test split, each part in a random order.
 
     ``test_fraction`` of all rows go to test; then ``val_fraction`` of what is left goes
-    to validation (like Keras's ``validation_split``).
+    to validation (like Keras's ``validation_split``). Some sources store their rows
+    sorted by label (MNIST-5k does); each part is shuffled with ``seed`` so that its
+    first rows are a fair sample of every class.
     """
     rest, test = stratified_split(ds.y, test_fraction, seed)
     tr, va = stratified_split(ds.y[rest], val_fraction, seed + 1)
-    train, val = rest[tr], rest[va]
+    rng = np.random.default_rng(seed)
+    train, val, test = (rng.permutation(idx) for idx in (rest[tr], rest[va], test))
 
     def part(idx: np.ndarray, label: str) -> Dataset:
         return Dataset(ds.X[idx], ds.y[idx], f"{ds.name} {label}", ds.image_shape)

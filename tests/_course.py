@@ -17,7 +17,7 @@ AUTOGRADER = ROOT / "autograder"
 CHAPTERS = sorted(p.name for p in SOLUTIONS.iterdir() if p.is_dir())
 
 #: Fast-mode budget per chapter notebook, in seconds (issue acceptance lists).
-FAST_BUDGET_S = {"ch02-ann": 45}
+FAST_BUDGET_S = {"ch01-intro": 45, "ch02-ann": 45, "ch03-training": 45}
 DEFAULT_FAST_BUDGET_S = 60
 
 

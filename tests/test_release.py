@@ -66,7 +66,7 @@ def test_graded_cells_have_valid_metadata(chapter):
     assert len(ids) == len(set(ids)), "grade_id values must be unique"
     tests = [c for c in nb.cells if nbgrader_meta(c).get("grade")]
     solutions = [c for c in nb.cells if nbgrader_meta(c).get("solution")]
-    assert len(solutions) >= 4 and len(tests) >= 6
+    assert len(solutions) >= 4 and len(tests) >= 4  # the syllabus minimum per chapter
     for cell in nb.cells:
         meta = nbgrader_meta(cell)
         if not meta:

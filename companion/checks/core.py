@@ -66,8 +66,10 @@ def describe(obj: Any) -> str:
 
 
 def _fmt(value: Any) -> str:
-    if isinstance(value, float):
+    if isinstance(value, (float, np.floating)):
         return f"{value:.6g}"
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return f"{int(value):,}" if abs(int(value)) >= 10_000 else str(int(value))
     return repr(value)
 
 
@@ -195,11 +197,11 @@ def compare(got: Any, expected: Any, *, rtol: float = 1e-5, atol: float = 1e-7, 
         if isinstance(got, (torch.Tensor, np.ndarray)) and np.asarray(_as_numpy(got)).size == 1:
             got = np.asarray(_as_numpy(got)).reshape(()).item()
         if not isinstance(got, (int, float, np.number)) or isinstance(got, bool):
-            return f"{path} is {describe(got)}, expected a number like {_fmt(float(expected))}."
+            return f"{path} is {describe(got)}, expected a number like {_fmt(expected)}."
         if math.isclose(float(got), float(expected), rel_tol=rtol, abs_tol=atol) or (
                 math.isnan(float(got)) and math.isnan(float(expected))):
             return None
-        return f"{path} is {_fmt(float(got))}, expected {_fmt(float(expected))}."
+        return f"{path} is {_fmt(got)}, expected {_fmt(expected)}."
     return None if got == expected else f"{path} is {_short(got)}, expected {_short(expected)}."
 
 
