@@ -118,16 +118,14 @@ def early_stopping(values: Sequence[float], patience: int, min_delta: float = 0.
     (lower is better in mode "min", higher in "max"). Training stops at the end of the
     epoch that makes ``patience`` epochs in a row without improvement; ``stop_epoch`` is
     None when that never happens. ``best_epoch`` is the epoch whose weights get restored.
-    The same rule as :class:`companion.training.EarlyStopping`.
+    It replays :class:`companion.training.EarlyStopping` itself, so the exercise's
+    reference and the callback used in training cannot drift apart.
     """
-    best = float("inf") if mode == "min" else float("-inf")
-    best_epoch, wait = -1, 0
+    from .training import EarlyStopping
+
+    rule = EarlyStopping(monitor="value", patience=patience, mode=mode, min_delta=min_delta, restore_best=False)
+    rule.on_train_begin(None)
     for epoch, value in enumerate(values):
-        better = value < best - min_delta if mode == "min" else value > best + min_delta
-        if better:
-            best, best_epoch, wait = value, epoch, 0
-        else:
-            wait += 1
-            if wait >= patience:
-                return epoch, best_epoch
-    return None, best_epoch
+        if rule.on_epoch_end(epoch, {"value": value}, None):
+            return epoch, rule.best_epoch
+    return None, rule.best_epoch
