@@ -18,9 +18,10 @@ from .runtime import cache_dir, fast_mode, get_device, pick, seed_everything, st
 __version__ = "0.1.0"
 
 _SUBMODULES = {
-    "activations", "backprop", "checks", "data", "intro", "losses", "models", "optim",
-    "perceptron", "plots", "regularization", "runtime", "schedules", "surfaces",
-    "training", "widgets",
+    "activations", "applications", "attention", "backprop", "callbacks", "checks", "cnn",
+    "data", "deploy", "diagnostics", "generative", "graphs", "intro", "losses", "models",
+    "nas", "optim", "perceptron", "pitfalls", "plots", "pretrained", "regularization",
+    "rnn", "runtime", "schedules", "surfaces", "text", "training", "transfer", "widgets",
 }
 
 __all__ = ["cache_dir", "fast_mode", "get_device", "pick", "seed_everything", "start",

