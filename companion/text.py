@@ -78,3 +78,17 @@ def vader_compound(texts: Sequence[str]) -> np.ndarray:
 def vader_accuracy(texts: Sequence[str], y: np.ndarray) -> float:
     """Binary accuracy of the sign of VADER's compound score against labels ``y`` (N,)."""
     return float(((vader_compound(texts) > 0).astype(np.int64) == np.asarray(y)).mean())
+
+
+def snippet_split(y: np.ndarray, test_fraction: float = 0.2, val_fraction: float = 0.1,
+                  seed: int = 0) -> dict[str, np.ndarray]:
+    """The course's one train/val/test split of the movie snippets (stratified by label).
+
+    Returns index arrays ``{"train", "val", "test"}`` into ``y`` (N,); chapters 5, 6, 9
+    and 11 all use it, so their accuracies compare on the same test sentences.
+    """
+    from .data import stratified_split
+
+    rest, test = stratified_split(y, test_fraction, seed=seed)
+    train, val = stratified_split(y[rest], val_fraction / (1 - test_fraction), seed=seed + 1)
+    return {"train": rest[train], "val": rest[val], "test": test}
