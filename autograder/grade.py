@@ -1,27 +1,44 @@
-"""Grade every submission in autograder/submitted/, one at a time, and never stop on one.
+"""Grade every submission in autograder/submitted/, several at a time, and never stop on one.
 
     autograder/submitted/<student>/<chapter>/<chapter>.ipynb   (what you collected)
 
-For each (student, chapter) this runs ``nbgrader autograde`` in its own process, so a
-submission that crashes nbgrader is reported and the others are still graded; then
-``nbgrader generate_feedback`` (HTML in autograder/feedback/) and finally
-``nbgrader export`` to autograder/grades.csv. Exit status: 0 when every submission was
-graded, 1 when some could not be (they are listed).
+Each (student, chapter) is checked first (is it JSON, a notebook, the right chapter?),
+then autograded by its own ``nbgrader autograde`` process with its own gradebook, a
+copy of the chapter's registered gradebook, so that several can run at once (nbgrader
+grades serially and SQLite must not be shared between processes). Each finished
+submission leaves a status file; the gradebooks are merged into autograder/gradebook.db
+at the end, feedback is written to autograder/feedback/, and grades go to
+autograder/grades.csv.
 
-Usage: ``make grade`` (or ``python autograder/grade.py [--student S] [--chapter C]``).
+An interrupted run loses nothing: run the same command again and the submissions that
+were finished, and have not changed since, are reused; the main gradebook is only
+written by the merge, one submission per transaction. ``--fresh`` regrades everything.
+
+Exit status: 0 when every submission was graded, 1 when some could not be (listed, with why).
+
+Usage: ``make grade`` (or ``python autograder/grade.py [--chapter C] [--student S] [--jobs N] [--fresh]``).
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+WORK = HERE / ".grading"          # per-chapter templates, per-submission gradebooks and status
+MARK = "# [grader] removed:"
 
 
 @dataclass
@@ -31,11 +48,60 @@ class Result:
     score: float | None = None
     max_score: float | None = None
     problem: str = ""
+    seconds: float = 0.0
+    removed: int = 0              # tampering statements the grader took out
+    reused: bool = False          # graded by an earlier run and unchanged since
+    digest: str = ""
 
 
-def nbgrader(*args: str) -> subprocess.CompletedProcess:
-    """Run one nbgrader command from the autograder folder (where its config lives)."""
-    return subprocess.run(["nbgrader", *args], cwd=HERE, capture_output=True, text=True)
+def main_db_url() -> str:
+    return os.environ.get("NBGRADER_DB_URL", f"sqlite:///{HERE / 'gradebook.db'}")
+
+
+def _env(db_url: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["NBGRADER_DB_URL"] = db_url
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env.setdefault(name, "1")  # several kernels at once must not each start a thread per core
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    return env
+
+
+_children: set[subprocess.Popen] = set()
+_lock = threading.Lock()
+_stopping = threading.Event()   # set on interrupt: no new nbgrader process starts
+
+
+def nbgrader(*args: str, db_url: str | None = None, timeout: float | None = None) -> subprocess.CompletedProcess:
+    """Run one nbgrader command from this folder (where its config lives), in its own process group."""
+    with _lock:
+        if _stopping.is_set():
+            return subprocess.CompletedProcess(["nbgrader", *args], 1, "", "[ERROR] interrupted")
+        proc = subprocess.Popen(["nbgrader", *args], cwd=HERE, env=_env(db_url or main_db_url()), text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        _children.add(proc)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill(proc)
+        out, err = proc.communicate()
+        err += f"\n[ERROR] nbgrader took longer than {timeout:g} s and was stopped"
+        proc.returncode = proc.returncode or -9
+    finally:
+        with _lock:
+            _children.discard(proc)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    """Stop a child and everything it started (its kernel included)."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
+    except (ProcessLookupError, PermissionError):
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
 
 
 def _last_error(proc: subprocess.CompletedProcess) -> str:
@@ -44,36 +110,160 @@ def _last_error(proc: subprocess.CompletedProcess) -> str:
     return (errors or lines or ["nbgrader failed without a message"])[-1][:300]
 
 
-def register_chapters(chapters: list[str]) -> None:
-    """Put every chapter and its grade cells in the gradebook (from solutions/), without touching course/."""
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------ before grading
+
+def grade_ids(nb: dict) -> set[str]:
+    return {c.get("metadata", {}).get("nbgrader", {}).get("grade_id") for c in nb.get("cells", [])} - {None}
+
+
+def preflight(student: str, chapter: str, known: list[str]) -> str:
+    """Why this submission cannot be graded, in an instructor's terms, or '' when it can."""
+    folder = HERE / "submitted" / student / chapter
+    if chapter not in known:
+        return f"unknown chapter folder '{chapter}' (chapters: {', '.join(known)})"
+    notebooks = sorted(folder.glob("*.ipynb"))
+    if not notebooks:
+        return "the submission folder holds no notebook"
+    expected = folder / f"{chapter}.ipynb"
+    if not expected.exists():
+        names = ", ".join(p.name for p in notebooks)
+        return f"expected {expected.name} but the folder holds {names} (a wrong chapter or a renamed file?)"
+    try:
+        nb = json.loads(expected.read_text(encoding="utf-8"))
+        if not isinstance(nb, dict) or "cells" not in nb:
+            raise ValueError("it has no cells")
+    except (ValueError, UnicodeDecodeError) as err:
+        return f"{expected.name} is not a valid notebook (it does not appear to be JSON: {str(err)[:80]})"
+    ours = grade_ids(json.loads((ROOT / "solutions" / chapter / f"{chapter}.ipynb").read_text()))
+    theirs = grade_ids(nb)
+    if theirs and not (theirs & ours - {"intro", "setup"}):
+        for other in known:
+            other_ids = grade_ids(json.loads((ROOT / "solutions" / other / f"{other}.ipynb").read_text()))
+            if other != chapter and theirs & other_ids - {"intro", "setup"}:
+                return f"{expected.name} holds the exercises of {other}, not {chapter}: submitted to the wrong chapter"
+    return ""
+
+
+def register(chapter: str, db_url: str) -> None:
+    """Put a chapter and its grade cells in a gradebook (from solutions/), without touching course/."""
     with tempfile.TemporaryDirectory() as scratch:
-        for chapter in chapters:
-            proc = nbgrader("generate_assignment", chapter, "--force", "--log-level=WARN",
-                            f"--CourseDirectory.release_directory={scratch}")
-            if proc.returncode:
-                sys.exit(f"could not register {chapter} from solutions/: {_last_error(proc)}")
+        proc = nbgrader("generate_assignment", chapter, "--force", "--log-level=WARN",
+                        f"--CourseDirectory.release_directory={scratch}", db_url=db_url)
+    if proc.returncode:
+        sys.exit(f"could not register {chapter} from solutions/: {_last_error(proc)}")
 
 
-def scores(results: list[Result]) -> None:
+def template(chapter: str) -> Path:
+    """A gradebook with only ``chapter`` registered, rebuilt when its source notebook changes."""
+    folder = WORK / "templates"
+    folder.mkdir(parents=True, exist_ok=True)
+    db, stamp = folder / f"{chapter}.db", folder / f"{chapter}.sha256"
+    digest = _sha256(ROOT / "solutions" / chapter / f"{chapter}.ipynb")
+    if not (db.exists() and stamp.exists() and stamp.read_text() == digest):
+        db.unlink(missing_ok=True)
+        register(chapter, f"sqlite:///{db}")
+        stamp.write_text(digest)
+    return db
+
+
+# ------------------------------------------------------------------ grading one
+
+def grade_one(r: Result, fresh: bool, timeout: float) -> Result:
+    notebook = HERE / "submitted" / r.student / r.chapter / f"{r.chapter}.ipynb"
+    r.digest = _sha256(notebook) + ":" + (WORK / "templates" / f"{r.chapter}.sha256").read_text()
+    part = WORK / "parts" / r.chapter
+    part.mkdir(parents=True, exist_ok=True)
+    db, status = part / f"{r.student}.db", part / f"{r.student}.json"
+    if not fresh and status.exists() and db.exists():
+        old = json.loads(status.read_text())
+        if old.get("digest") == r.digest and not old.get("problem"):
+            r.score, r.max_score, r.removed, r.seconds = old["score"], old["max_score"], old["removed"], old["seconds"]
+            r.reused = True
+            return r
+    status.unlink(missing_ok=True)
+    shutil.copy(WORK / "templates" / f"{r.chapter}.db", db)
+    url = f"sqlite:///{db}"
+    start = time.perf_counter()
+    proc = nbgrader("autograde", r.chapter, "--student", r.student, "--force", "--log-level=WARN",
+                    db_url=url, timeout=timeout)
+    r.seconds = time.perf_counter() - start
+    if proc.returncode:
+        r.problem = f"nbgrader autograde failed: {_last_error(proc)}"
+        return r
+    proc = nbgrader("generate_feedback", r.chapter, "--student", r.student, "--force", "--log-level=WARN",
+                    db_url=url, timeout=timeout)
+    if proc.returncode:
+        r.problem = f"feedback failed: {_last_error(proc)}"
+        return r
     from nbgrader.api import Gradebook, MissingEntry
 
-    db_url = os.environ.get("NBGRADER_DB_URL", f"sqlite:///{HERE / 'gradebook.db'}")
-    with Gradebook(db_url) as gb:
-        for r in results:
-            if r.problem:
-                continue
-            try:
-                sub = gb.find_submission(r.chapter, r.student)
-                r.score, r.max_score = sub.score, sub.max_score
-            except MissingEntry:
-                r.problem = "no grades were recorded"
+    try:
+        with Gradebook(url) as gb:
+            sub = gb.find_submission(r.chapter, r.student)
+            r.score, r.max_score = sub.score, sub.max_score
+    except MissingEntry:
+        r.problem = "no grades were recorded"
+        return r
+    if _stopping.is_set():
+        return r
+    graded = HERE / "autograded" / r.student / r.chapter / f"{r.chapter}.ipynb"
+    r.removed = graded.read_text().count(MARK) if graded.exists() else 0
+    _write_json(status, asdict(r))
+    return r
 
+
+def merge(results: list[Result], db_url: str) -> None:
+    """Copy each graded submission from its own gradebook into the main one (idempotent)."""
+    from nbgrader.api import Gradebook, MissingEntry
+
+    with Gradebook(db_url) as dst:
+        for r in results:
+            if r.score is None:
+                continue
+            with Gradebook(f"sqlite:///{WORK / 'parts' / r.chapter / (r.student + '.db')}") as src:
+                sub = src.find_submission(r.chapter, r.student)
+                dst.update_or_create_student(r.student)
+                try:
+                    dst.remove_submission(r.chapter, r.student)
+                    dst.db.commit()
+                    dst.db.expire_all()
+                except MissingEntry:
+                    pass
+                dst.add_submission(r.chapter, r.student, timestamp=sub.timestamp)
+                for nb in sub.notebooks:
+                    for g in nb.grades:
+                        d = dst.find_grade(g.name, nb.name, r.chapter, r.student)
+                        d.auto_score, d.manual_score = g.auto_score, g.manual_score
+                        d.extra_credit, d.needs_manual_grade = g.extra_credit, g.needs_manual_grade
+                    for cm in nb.comments:
+                        d = dst.find_comment(cm.name, nb.name, r.chapter, r.student)
+                        d.auto_comment, d.manual_comment = cm.auto_comment, cm.manual_comment
+                dst.db.commit()
+
+
+# ------------------------------------------------------------------ the run
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--student", help="grade only this student")
     parser.add_argument("--chapter", help="grade only this chapter (e.g. ch02-ann)")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                        help="submissions graded at once (default: the number of CPU cores)")
+    parser.add_argument("--fresh", action="store_true", help="regrade submissions an earlier run finished")
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds allowed per submission")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
 
     submitted = HERE / "submitted"
     known = sorted(p.name for p in (ROOT / "solutions").iterdir() if p.is_dir())
@@ -85,37 +275,61 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Nothing to grade: put submissions in {submitted}/<student>/<chapter>/.")
         return 0
 
-    register_chapters(sorted({c for _, c in pairs if c in known}))
-    results = []
-    for student, chapter in pairs:
-        result = Result(student, chapter)
-        results.append(result)
-        if chapter not in known:
-            result.problem = f"unknown chapter folder '{chapter}' (chapters: {', '.join(known)})"
-        elif not list((submitted / student / chapter).glob("*.ipynb")):
-            result.problem = "the submission folder holds no notebook"
-        else:
-            print(f"grading {student} / {chapter} ...", flush=True)
-            proc = nbgrader("autograde", chapter, "--student", student, "--force", "--log-level=WARN")
-            if proc.returncode:
-                result.problem = f"nbgrader autograde failed: {_last_error(proc)}"
-                continue
-            proc = nbgrader("generate_feedback", chapter, "--student", student, "--force", "--log-level=WARN")
-            if proc.returncode:
-                result.problem = f"feedback failed: {_last_error(proc)}"
-    scores(results)
-    proc = nbgrader("export", f"--to={HERE / 'grades.csv'}", "--log-level=WARN")
+    results = [Result(s, c) for s, c in pairs]
+    todo = []
+    for r in results:
+        r.problem = preflight(r.student, r.chapter, known)
+        if not r.problem:
+            todo.append(r)
+    chapters = sorted({r.chapter for r in todo})
+    for chapter in chapters:
+        template(chapter)
+
+    from tqdm.auto import tqdm
+
+    pool = ThreadPoolExecutor(max_workers=max(1, args.jobs))
+    try:
+        futures = [pool.submit(grade_one, r, args.fresh, args.timeout) for r in todo]
+        with tqdm(total=len(futures), desc="grading", unit="submission", disable=args.quiet,
+                  file=sys.stdout) as bar:
+            for future in as_completed(futures):
+                r = future.result()
+                bar.set_postfix_str(f"{r.student}/{r.chapter}")
+                bar.update()
+    except KeyboardInterrupt:
+        _stopping.set()
+        pool.shutdown(wait=False, cancel_futures=True)
+        with _lock:
+            for proc in list(_children):
+                _kill(proc)
+        pool.shutdown(wait=True)
+        print("\ninterrupted: run the same command again to finish; finished submissions are kept.")
+        return 130
+    pool.shutdown()
+
+    db_url = main_db_url()
+    for chapter in chapters:
+        register(chapter, db_url)
+    merge(results, db_url)
+    proc = nbgrader("export", f"--to={HERE / 'grades.csv'}", "--log-level=WARN", db_url=db_url)
     if proc.returncode:
         print(f"export to grades.csv failed: {_last_error(proc)}")
 
-    width = max(len(r.student) for r in results)
-    print(f"\n{'student':<{width}}  chapter      score")
+    width = max(7, *(len(r.student) for r in results))
+    cwidth = max(7, *(len(r.chapter) for r in results))
+    print(f"\n{'student':<{width}}  {'chapter':<{cwidth}}  score")
     for r in results:
-        verdict = f"{r.score:g} / {r.max_score:g}" if r.score is not None else f"NOT GRADED: {r.problem}"
-        print(f"{r.student:<{width}}  {r.chapter:<11}  {verdict}")
+        if r.score is None:
+            verdict = f"NOT GRADED: {r.problem}"
+        else:
+            verdict = f"{r.score:g} / {r.max_score:g}"
+            notes = [f"{r.seconds:.1f} s" + (", from an earlier run" if r.reused else "")]
+            if r.removed:
+                notes.append(f"{r.removed} tampering statement(s) removed before grading: see the feedback")
+            verdict += f"   ({'; '.join(notes)})"
+        print(f"{r.student:<{width}}  {r.chapter:<{cwidth}}  {verdict}")
     print(f"\nfeedback: {HERE / 'feedback'}   grades: {HERE / 'grades.csv'}")
-    failed = [r for r in results if r.problem]
-    return 1 if failed else 0
+    return 1 if any(r.problem for r in results) else 0
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ Run nbgrader from this folder (the Makefile does): ``cd autograder && nbgrader .
     autograder/gradebook.db                            the gradebook            (git-ignored)
 """
 import os
+import sys
 from pathlib import Path
 
 c = get_config()  # noqa: F821 (provided by nbgrader when it loads this file)
@@ -32,7 +33,8 @@ c.Execute.kernel_name = "python3"
 # training loop) takes about 5 s and its slowest test cell under 0.1 s; 120 s leaves a
 # wide margin on a slow laptop while still stopping an infinite loop, so the other
 # exercises are graded.
-c.Execute.timeout = 120
+# COURSE_CELL_TIMEOUT overrides it (the tests use a short one for their infinite loops).
+c.Execute.timeout = int(os.environ.get("COURSE_CELL_TIMEOUT", "120"))
 c.Execute.interrupt_on_timeout = True
 
 # nbgrader gives 0 to a test cell with any stderr output. Library warnings are not the
@@ -40,7 +42,22 @@ c.Execute.interrupt_on_timeout = True
 c.IgnorePattern.enabled = True
 c.IgnorePattern.pattern = r"(?i)warn"
 
-# Put back locked cells (tests, instructions) that a learner deleted.
-c.OverwriteCells.add_missing_cells = True
+# Deleted test cells are put back by submission.RepairCells (nbgrader's own
+# add_missing_cells crashes on some rearrangements), and their source restored by OverwriteCells.
+c.OverwriteCells.add_missing_cells = False
 
 c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
+
+# Before a submission runs: fresh checks in every test cell, tampering removed, the
+# chapter's unchanged teaching cells skipped (autograder/submission.py says why).
+sys.path.insert(0, str(HERE))
+from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor  # noqa: E402
+from nbgrader.preprocessors import (  # noqa: E402
+    CheckCellMetadata, ClearHiddenTests, ClearOutput, DeduplicateIds, GetGrades, OverwriteCells, OverwriteKernelspec,
+)
+from submission import PrepareSubmission, RepairCells  # noqa: E402
+
+c.Autograde.sanitize_preprocessors = [ClearOutput, DeduplicateIds, RepairCells, OverwriteKernelspec, OverwriteCells,
+                                      PrepareSubmission, CheckCellMetadata]
+# Feedback shows each test's result and message, not the hidden tests' code.
+c.GenerateFeedback.preprocessors = [GetGrades, ClearHiddenTests, CSSHTMLHeaderPreprocessor]

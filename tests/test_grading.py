@@ -1,16 +1,29 @@
 """The nbgrader round trip for every chapter, through `autograder/grade.py` (what `make
-grade` runs), in a copy of the course directory: full marks for the solution, 0 for the
-untouched release, partial marks for plausible mistakes, and one broken submission never
-stops the others."""
+grade` runs, here with two workers), in a copy of the course directory.
+
+Per chapter: the solution gets full marks; the untouched release gets 0; plausible
+mistakes lose exactly their exercises; two generated bad submissions (a syntax error, an
+exception, an infinite loop, stderr and warnings, NaN, a wrong shape and dtype, a renamed
+function, deleted, duplicated and reordered cells) and one tampering submission get
+exactly the score their honest code earns (``_submissions.py`` computes it). Then: a
+notebook that is not JSON, an empty folder and the wrong chapter are reported without
+stopping the others; one submission scores the same five times; feedback explains each
+failure and holds neither hidden-test code nor another learner's work; an interrupted
+run resumes.
+"""
 from __future__ import annotations
 
 import csv
 import json
 import shutil
+import signal
+import subprocess
+import time
 
 import pytest
 
-from _course import CHAPTERS, COURSE, SOLUTIONS, make_course_copy, nbgrader_meta, notebook_path, run
+import _submissions as subs
+from _course import CHAPTERS, COURSE, SOLUTIONS, env_with_venv, make_course_copy, nbgrader_meta, notebook_path, run
 
 pytestmark = pytest.mark.slow
 
@@ -43,13 +56,6 @@ MISTAKES = {
                        {"test_batch_norm"}),
     },
 }
-# A syntax error in one solution cell costs only that exercise's tests.
-SYNTAX_ERROR = {
-    "ch01-intro": ("learning_curve", "def learning_curve(make_model, X_train, y_train, X_test, y_test, sizes):",
-                   {"test_learning_curve"}),
-    "ch02-ann": ("forward", "def forward(params, X):", {"test_forward"}),
-    "ch03-training": ("cosine_lr", "def cosine_lr(epoch, lr0, T_max, eta_min=0.0):", {"test_cosine_lr"}),
-}
 
 
 def _edited(chapter: str, edits: dict) -> dict:
@@ -64,61 +70,83 @@ def _edited(chapter: str, edits: dict) -> dict:
 
 
 def _points(chapter: str, grade_ids: set[str]) -> float:
-    nb = json.loads(notebook_path(SOLUTIONS, chapter).read_text())
-    found = {nbgrader_meta(c).get("grade_id"): nbgrader_meta(c).get("points", 0) for c in nb["cells"]}
-    assert grade_ids <= set(found), f"{chapter}: unknown test cells {grade_ids - set(found)}"
-    return sum(found[g] for g in grade_ids)
+    ch = subs.load(chapter)
+    assert grade_ids <= set(ch.points), f"{chapter}: unknown test cells {grade_ids - set(ch.points)}"
+    return sum(ch.points[g] for g in grade_ids)
+
+
+DETERMINISM = ("ch03-training" if "ch03-training" in CHAPTERS else CHAPTERS[-1])
+CELL_TIMEOUT_S = 15  # the infinite loops of the bad submissions stop after this
 
 
 @pytest.fixture(scope="module")
 def graded(tmp_path_factory):
     root = make_course_copy(tmp_path_factory.mktemp("course"))
     submitted = root / "autograder" / "submitted"
+    expected = {}
 
-    def submit(student: str, chapter: str, *, nb: dict | None = None, source=None, text: str | None = None):
+    def submit(student: str, chapter: str, *, nb: dict | None = None, source=None, text: str | None = None,
+               name: str | None = None):
         folder = submitted / student / chapter
         folder.mkdir(parents=True)
-        target = folder / f"{chapter}.ipynb"
+        target = folder / (name or f"{chapter}.ipynb")
         if source is not None:
-            shutil.copy(source, target)
-        elif nb is not None:
-            target.write_text(json.dumps(nb))
-        else:
-            target.write_text(text)
+            nb = json.loads(source.read_text())
+        if nb is not None:
+            nb = json.loads(json.dumps(nb))
+            cell = next(c for c in nb["cells"] if nbgrader_meta(c).get("solution"))
+            cell["source"] = "".join(cell["source"]) + f"\n# submitted by {student}\n"
+            text = json.dumps(nb)
+        target.write_text(text)
 
     for chapter in CHAPTERS:
+        ch = subs.load(chapter)
         submit("full", chapter, source=notebook_path(SOLUTIONS, chapter))
         submit("untouched", chapter, source=notebook_path(COURSE, chapter))
         if chapter in MISTAKES:
             submit("mistakes", chapter, nb=_edited(chapter, {g: e for g, (e, _) in MISTAKES[chapter].items()}))
-        if chapter in SYNTAX_ERROR:
-            cell, line, _ = SYNTAX_ERROR[chapter]
-            submit("syntax", chapter, nb=_edited(chapter, {cell: lambda s, line=line: s.replace(line, line.rstrip(":"))}))
+        for kind, (nb, broken) in subs.bad_submissions(ch).items():
+            submit(kind, chapter, nb=nb)
+            expected[kind, chapter] = ch.score_without(broken)
+        nb, broken = subs.tampering(ch)
+        submit("tampering", chapter, nb=nb)
+        expected["tampering", chapter] = ch.score_without(broken)
+    for i in range(5):
+        submit(f"again{i}", DETERMINISM, nb=_edited(DETERMINISM, {g: e for g, (e, _) in MISTAKES[DETERMINISM].items()}))
     submit("notjson", CHAPTERS[0], text="{ this is not a notebook")
-    proc = run(["python", "autograder/grade.py"], cwd=root, timeout=1800)
+    (submitted / "empty" / CHAPTERS[0]).mkdir(parents=True)
+    submit("wrongname", CHAPTERS[1], source=notebook_path(SOLUTIONS, CHAPTERS[0]), name=f"{CHAPTERS[0]}.ipynb")
+    submit("wrongchapter", CHAPTERS[1], source=notebook_path(SOLUTIONS, CHAPTERS[0]))
+    start = time.perf_counter()
+    proc = run(["python", "autograder/grade.py", "--jobs", "2", "--quiet"], cwd=root, timeout=3600,
+               COURSE_CELL_TIMEOUT=str(CELL_TIMEOUT_S))
+    print(f"graded {sum(1 for _ in submitted.glob('*/*'))} submissions in {time.perf_counter() - start:.0f} s")
+    print(proc.stdout[-6000:])
 
     from nbgrader.api import Gradebook, MissingEntry
 
-    scores = {}
+    scores, cells = {}, {}
     with Gradebook(f"sqlite:///{root / 'autograder' / 'gradebook.db'}") as gb:
-        for student in ("full", "untouched", "mistakes", "syntax"):
-            for chapter in CHAPTERS:
-                try:
-                    sub = gb.find_submission(chapter, student)
-                except MissingEntry:
-                    continue
-                scores[student, chapter] = (sub.score, sub.max_score)
-    return root, proc, scores
+        for sub in (s for a in gb.assignments for s in a.submissions):
+            scores[sub.student.id, sub.assignment.name] = (sub.score, sub.max_score)
+            cells[sub.student.id, sub.assignment.name] = {
+                g.name: g.score for nb in sub.notebooks for g in nb.grades}
+    return root, proc, scores, cells, expected
 
 
 def test_every_chapter_has_plausible_mistakes_to_grade():
     assert set(MISTAKES) == set(CHAPTERS), "add each new chapter's plausible mistakes to MISTAKES"
 
 
-def test_grading_reports_the_broken_submission_and_carries_on(graded):
-    _, proc, scores = graded
+def test_broken_submissions_are_reported_and_the_rest_graded(graded):
+    _, proc, scores, _, _ = graded
     assert proc.returncode == 1, "grade.py should exit 1 when a submission could not be graded"
-    assert "notjson" in proc.stdout and "NOT GRADED" in proc.stdout and "not appear to be JSON" in proc.stdout
+    lines = {line.split()[0]: line for line in proc.stdout.splitlines() if "NOT GRADED" in line}
+    assert "not appear to be JSON" in lines["notjson"]
+    assert "holds no notebook" in lines["empty"]
+    assert f"expected {CHAPTERS[1]}.ipynb but the folder holds {CHAPTERS[0]}.ipynb" in lines["wrongname"]
+    assert f"holds the exercises of {CHAPTERS[0]}, not {CHAPTERS[1]}" in lines["wrongchapter"]
+    assert set(lines) == {"notjson", "empty", "wrongname", "wrongchapter"}, proc.stdout[-3000:]
     for chapter in CHAPTERS:
         assert ("full", chapter) in scores and ("untouched", chapter) in scores
 
@@ -126,7 +154,7 @@ def test_grading_reports_the_broken_submission_and_carries_on(graded):
 @pytest.mark.parametrize("chapter", CHAPTERS)
 def test_solution_scores_full_marks(graded, chapter):
     score, max_score = graded[2]["full", chapter]
-    assert max_score > 0 and score == max_score
+    assert max_score > 0 and score == max_score, graded[3]["full", chapter]
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS)
@@ -138,26 +166,96 @@ def test_untouched_release_scores_zero(graded, chapter):
 def test_plausible_mistakes_lose_exactly_their_exercises(graded, chapter):
     lost = _points(chapter, set().union(*(tests for _, tests in MISTAKES[chapter].values())))
     score, max_score = graded[2]["mistakes", chapter]
-    assert 0 < score == max_score - lost
+    assert 0 < score == max_score - lost, graded[3]["mistakes", chapter]
 
 
-@pytest.mark.parametrize("chapter", sorted(SYNTAX_ERROR))
-def test_a_syntax_error_costs_only_its_own_exercise(graded, chapter):
-    score, max_score = graded[2]["syntax", chapter]
-    assert score == max_score - _points(chapter, SYNTAX_ERROR[chapter][2])
+@pytest.mark.parametrize("kind", ["bad-errors", "bad-results", "tampering"])
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_generated_submission_gets_what_its_honest_code_earns(graded, chapter, kind):
+    score, max_score = graded[2][kind, chapter]
+    expected = graded[4][kind, chapter]
+    assert 0 < expected < max_score
+    assert score == expected, f"{kind} scored {score}, expected {expected}: {graded[3][kind, chapter]}"
 
 
-def test_feedback_explains_each_failure(graded):
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_tampering_is_shown_in_the_feedback(graded, chapter):
+    html = (graded[0] / "autograder" / "feedback" / "tampering" / chapter / f"{chapter}.html").read_text()
+    assert "[grader] removed:" in html
+    assert "tampering statement(s) removed" in next(
+        line for line in graded[1].stdout.splitlines() if line.startswith("tampering") and chapter in line)
+
+
+def test_same_submission_scores_the_same_five_times(graded):
+    runs = [graded[3][f"again{i}", DETERMINISM] for i in range(5)]
+    assert all(r == runs[0] for r in runs), runs
+    assert 0 < sum(runs[0].values()) < sum(subs.load(DETERMINISM).points.values())
+
+
+def test_one_submission_grades_within_20_seconds(graded):
+    parts = graded[0] / "autograder" / ".grading" / "parts"
+    seconds = {ch: json.loads((parts / ch / "full.json").read_text())["seconds"] for ch in CHAPTERS}
+    print("autograde seconds per full submission:", {k: round(v, 1) for k, v in seconds.items()})
+    assert max(seconds.values()) <= 20, seconds
+
+
+def test_feedback_explains_failures_without_hidden_code(graded):
     root = graded[0]
     html = (root / "autograder" / "feedback" / "mistakes" / "ch02-ann" / "ch02-ann.html").read_text()
     assert "Hint: the gradients are m times too large" in html
     assert "relu&#39;(0) = 0" in html or "relu'(0) = 0" in html
     assert "NaN or infinity" in html
+    for chapter in CHAPTERS:
+        html = (root / "autograder" / "feedback" / "bad-errors" / chapter / f"{chapter}.html").read_text()
+        assert "hidden=True" not in html and "BEGIN HIDDEN TESTS" not in html
+        assert "a bug in my code" in html  # the learner's own exception, named in the failure
+
+
+def test_feedback_holds_no_other_learners_work(graded):
+    feedback = graded[0] / "autograder" / "feedback"
+    students = sorted(p.name for p in feedback.iterdir())
+    for page in feedback.glob("*/*/*.html"):
+        html = page.read_text()
+        owner = page.parent.parent.name
+        others = [s for s in students if s != owner and f"submitted by {s}\n" in html.replace("<br>", "\n")]
+        assert not others, f"{page} holds work of {others}"
 
 
 def test_grades_are_exported_to_csv(graded):
-    root, _, scores = graded
+    root, _, scores, _, _ = graded
     with open(root / "autograder" / "grades.csv") as fh:
         rows = {(r["student_id"], r["assignment"]): r for r in csv.DictReader(fh)}
     for key, (score, max_score) in scores.items():
         assert float(rows[key]["score"]) == score and float(rows[key]["max_score"]) == max_score
+
+
+def test_an_interrupted_run_resumes_and_keeps_the_gradebook(tmp_path):
+    root = make_course_copy(tmp_path)
+    chapter = CHAPTERS[0]
+    for student in ("ann", "ben", "cai"):
+        folder = root / "autograder" / "submitted" / student / chapter
+        folder.mkdir(parents=True)
+        shutil.copy(notebook_path(SOLUTIONS, chapter), folder)
+    cmd = ["python", "autograder/grade.py", "--jobs", "1", "--quiet"]
+    proc = subprocess.Popen(cmd, cwd=root, env=env_with_venv(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    parts = root / "autograder" / ".grading" / "parts" / chapter
+    deadline = time.time() + 300
+    while not list(parts.glob("*.json")) and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out
+    assert "run the same command again" in out
+    finished = {p.stem for p in parts.glob("*.json")}
+    assert 1 <= len(finished) < 3
+    again = run(cmd, cwd=root)
+    assert again.returncode == 0, again.stdout[-3000:]
+    reused = [line for line in again.stdout.splitlines() if "from an earlier run" in line]
+    assert {line.split()[0] for line in reused} == finished
+    from nbgrader.api import Gradebook
+
+    with Gradebook(f"sqlite:///{root / 'autograder' / 'gradebook.db'}") as gb:
+        subs_ = gb.find_assignment(chapter).submissions
+        assert sorted(s.student.id for s in subs_) == ["ann", "ben", "cai"]
+        assert all(s.score == s.max_score for s in subs_)

@@ -1,29 +1,38 @@
 """Every solution notebook runs cleanly in fast mode within its budget, and every release
 notebook runs to the end with only its exercise cells failing.
 
-(nbval also executes the solution notebooks cell by cell: `pytest --nbval-lax solutions`,
-which `make test` includes through pyproject's testpaths.)
+All of them run once, two at a time (see ``execute_many``), in a module fixture; the
+tests read the executed notebooks. nbval runs the same solution notebooks cell by cell
+on demand: ``python -m pytest --nbval-lax solutions``.
 """
 from __future__ import annotations
 
 import nbformat
 import pytest
 
-from _course import (CHAPTERS, COURSE, DEFAULT_FAST_BUDGET_S, FAST_BUDGET_S, SOLUTIONS, error_cells,
-                     execute, is_exercise_cell, nbgrader_meta, notebook_path)
+from _course import (CHAPTERS, COURSE, COURSE_FAST_BUDGET_S, DEFAULT_FAST_BUDGET_S, FAST_BUDGET_S, SOLUTIONS,
+                     error_cells, execute_many, is_exercise_cell, nbgrader_meta, notebook_path)
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(autouse=True)
-def _fast_mode(monkeypatch):
-    monkeypatch.setenv("COURSE_FAST", "1")
-    monkeypatch.setenv("MPLBACKEND", "Agg")
+@pytest.fixture(scope="module")
+def executed():
+    jobs = [(notebook_path(SOLUTIONS, ch), False) for ch in CHAPTERS]
+    jobs += [(notebook_path(COURSE, ch), True) for ch in CHAPTERS]
+    return execute_many(jobs)
+
+
+def _run(executed, folder, chapter):
+    nb, seconds = executed[notebook_path(folder, chapter)]
+    if isinstance(nb, Exception):
+        pytest.fail(f"{chapter} did not run: {type(nb).__name__}: {str(nb)[:2000]}")
+    return nb, seconds
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS)
-def test_solution_runs_clean_within_fast_budget(chapter):
-    nb, seconds = execute(notebook_path(SOLUTIONS, chapter), allow_errors=False)
+def test_solution_runs_clean_within_fast_budget(executed, chapter):
+    nb, seconds = _run(executed, SOLUTIONS, chapter)
     budget = FAST_BUDGET_S.get(chapter, DEFAULT_FAST_BUDGET_S)
     print(f"{chapter}: fast mode executed in {seconds:.1f} s (budget {budget} s)")
     assert seconds <= budget, f"{chapter} took {seconds:.1f} s in fast mode; the budget is {budget} s"
@@ -37,8 +46,8 @@ def test_solution_runs_clean_within_fast_budget(chapter):
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS)
-def test_release_runs_to_the_end_with_only_exercises_failing(chapter):
-    nb, _ = execute(notebook_path(COURSE, chapter), allow_errors=True)
+def test_release_runs_to_the_end_with_only_exercises_failing(executed, chapter):
+    nb, _ = _run(executed, COURSE, chapter)
     failing = set(error_cells(nb))
     outside = [i for i in failing if not is_exercise_cell(nb.cells[i])]
     assert not outside, "cells outside the exercises failed: " + "; ".join(
@@ -49,6 +58,12 @@ def test_release_runs_to_the_end_with_only_exercises_failing(chapter):
         err = next(o for o in nb.cells[i].outputs if o.get("output_type") == "error")
         assert err["ename"] == "CheckFailed" and "not written yet" in err["evalue"], \
             f"cell {i} should fail with the check's friendly message, got {err['ename']}: {err['evalue'][:200]}"
+
+
+def test_whole_course_fits_its_fast_budget(executed):
+    total = sum(executed[notebook_path(SOLUTIONS, ch)][1] for ch in CHAPTERS)
+    print(f"all {len(CHAPTERS)} chapters in fast mode: {total:.0f} s of notebook time (budget {COURSE_FAST_BUDGET_S} s)")
+    assert total <= COURSE_FAST_BUDGET_S
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS)

@@ -20,4 +20,34 @@ from .core import (
     passed,
 )
 
-__all__ = ["Case", "CheckFailed", "check_function", "check_gradient", "compare", "describe", "learner_facing", "passed"]
+
+def fresh(chapter: str):
+    """The checks of ``chapter`` (e.g. ``"ch02"``) from a private copy of the companion.
+
+    The copy is loaded from the package's files on disk under a new module name, so
+    nothing a notebook did to ``companion`` (or to a name like ``check``) reaches it: a
+    replaced check, reference or helper stays replaced only in the notebook's own copy.
+    The grader calls this at the top of every test cell.
+    """
+    import importlib
+    import importlib.util
+    import itertools
+    import re
+    import sys
+    from pathlib import Path
+
+    if not re.fullmatch(r"ch\d\d", chapter):
+        raise ValueError(f"chapter should look like 'ch02', got {chapter!r}")
+    global _COUNTER
+    _COUNTER = globals().get("_COUNTER") or itertools.count()
+    package = Path(__file__).resolve().parent.parent
+    name = f"_companion_graded_{next(_COUNTER)}"
+    spec = importlib.util.spec_from_file_location(name, package / "__init__.py",
+                                                  submodule_search_locations=[str(package)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return importlib.import_module(f"{name}.checks.{chapter}")
+
+
+__all__ = ["fresh", "Case", "CheckFailed", "check_function", "check_gradient", "compare", "describe", "learner_facing", "passed"]
