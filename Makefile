@@ -2,7 +2,9 @@
 #   make lab      serve JupyterLab on 127.0.0.1 with course/ as its root
 #   make test     run the whole test suite (fast mode)
 #   make release  regenerate course/ from solutions/ with nbgrader
-#   make grade    autograde autograder/submitted/, write feedback, export grades.csv
+#   make grade    autograde autograder/submitted/ (JOBS at once), write feedback, export grades.csv
+#   make doctor   check versions, the device, and that every offline data set loads
+#   make bench    run every chapter in fast and full mode and write tests/bench/REPORT.md
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := help
@@ -21,10 +23,10 @@ LAB_ARGS ?=
 # Jupyter refuses to run as root (containers, CI) unless told it is on purpose.
 ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: help install lab test release grade clean
+.PHONY: help install lab test release grade doctor bench clean
 
 help:
-	@sed -n '1,6p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '1,8p' Makefile | sed 's/^# \{0,1\}//'
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,8 +49,15 @@ release: $(STAMP)
 	cd autograder && for dir in ../solutions/*/; do \
 	  nbgrader generate_assignment "$$(basename "$$dir")" --force --log-level=WARN; done
 
+JOBS ?= $(shell nproc)
 grade: $(STAMP)
-	python autograder/grade.py
+	python autograder/grade.py --jobs $(JOBS) $(GRADE_ARGS)
+
+doctor: $(STAMP)
+	python -m companion doctor
+
+bench: $(STAMP)
+	python tests/bench/run.py $(BENCH_ARGS)
 
 clean:
-	rm -rf autograder/autograded autograder/feedback autograder/gradebook.db autograder/grades.csv
+	rm -rf autograder/autograded autograder/feedback autograder/gradebook.db autograder/grades.csv autograder/.grading

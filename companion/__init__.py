@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 
 _SUBMODULES = {
     "activations", "applications", "attention", "backprop", "callbacks", "checks", "cnn",
-    "data", "deploy", "diagnostics", "generative", "graphs", "intro", "losses", "models",
+    "data", "deploy", "diagnostics", "doctor", "generative", "graphs", "intro", "losses", "models",
     "nas", "optim", "perceptron", "pitfalls", "plots", "pretrained", "regularization",
     "rnn", "runtime", "schedules", "surfaces", "text", "training", "transfer", "widgets",
 }
