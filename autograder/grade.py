@@ -193,17 +193,14 @@ def grade_one(r: Result, fresh: bool, timeout: float) -> Result:
     status.unlink(missing_ok=True)
     shutil.copy(WORK / "templates" / f"{r.chapter}.db", db)
     url = f"sqlite:///{db}"
-    start = time.perf_counter()
-    proc = nbgrader("autograde", r.chapter, "--student", r.student, "--force", "--log-level=WARN",
-                    db_url=url, timeout=timeout)
-    r.seconds = time.perf_counter() - start
-    if proc.returncode:
-        r.problem = f"nbgrader autograde failed: {_last_error(proc)}"
-        return r
-    proc = nbgrader("generate_feedback", r.chapter, "--student", r.student, "--force", "--log-level=WARN",
-                    db_url=url, timeout=timeout)
-    if proc.returncode:
-        r.problem = f"feedback failed: {_last_error(proc)}"
+    worker = _workers.get()
+    try:
+        reply = worker.grade(r.chapter, r.student, url, timeout)
+    finally:
+        _workers.put(worker)
+    r.seconds = reply.get("seconds", 0.0)
+    if not reply.get("ok"):
+        r.problem = reply.get("error") or "nbgrader failed without a message"
         return r
     from nbgrader.api import Gradebook, MissingEntry
 
@@ -220,6 +217,120 @@ def grade_one(r: Result, fresh: bool, timeout: float) -> Result:
     r.removed = graded.read_text().count(MARK) if graded.exists() else 0
     _write_json(status, asdict(r))
     return r
+
+
+class Worker:
+    """A ``grade.py --worker`` process that autogrades and writes feedback, one submission at a time.
+
+    nbgrader takes seconds to import; a worker imports it once and then grades many
+    submissions through nbgrader's own Python API, each with its own gradebook. It runs
+    in its own process group, so stopping it stops its kernels too; a worker that
+    crashes or hangs is replaced, and only that submission is reported.
+    """
+
+    def __init__(self, index: int):
+        self.index, self.proc = index, None
+
+    def _start(self) -> None:
+        WORK.mkdir(parents=True, exist_ok=True)
+        log = open(WORK / f"worker-{self.index}.log", "a")
+        with _lock:
+            if _stopping.is_set():
+                raise KeyboardInterrupt
+            self.proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--worker"], cwd=HERE,
+                                         env=_env(main_db_url()), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=log, text=True, start_new_session=True)
+            _children.add(self.proc)
+        log.close()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            with _lock:
+                _children.discard(self.proc)
+            _kill(self.proc)
+            self.proc = None
+
+    def grade(self, chapter: str, student: str, db_url: str, timeout: float) -> dict:
+        import selectors
+
+        if self.proc is None or self.proc.poll() is not None:
+            self._start()
+        try:
+            self.proc.stdin.write(json.dumps({"chapter": chapter, "student": student, "db_url": db_url}) + "\n")
+            self.proc.stdin.flush()
+            with selectors.DefaultSelector() as sel:
+                sel.register(self.proc.stdout, selectors.EVENT_READ)
+                if not sel.select(timeout):
+                    self.stop()
+                    return {"ok": False, "error": f"grading took longer than {timeout:g} s and was stopped"}
+            line = self.proc.stdout.readline()
+        except (BrokenPipeError, OSError):
+            line = ""
+        if not line:
+            self.stop()
+            tail = (WORK / f"worker-{self.index}.log").read_text()[-300:].strip().splitlines()
+            return {"ok": False, "error": "the grading process died" + (f": {tail[-1]}" if tail else "")}
+        return json.loads(line)
+
+
+class _Pool:
+    """Idle workers, handed to one grading thread at a time."""
+
+    def __init__(self):
+        import queue
+
+        self.queue, self.all = queue.Queue(), []
+
+    def fill(self, n: int) -> None:
+        for i in range(n):
+            worker = Worker(i)
+            self.all.append(worker)
+            self.queue.put(worker)
+
+    def get(self) -> Worker:
+        return self.queue.get()
+
+    def put(self, worker: Worker) -> None:
+        self.queue.put(worker)
+
+    def stop(self) -> None:
+        for worker in self.all:
+            worker.stop()
+
+
+_workers = _Pool()
+
+
+def worker_main() -> int:
+    """Read ``{"chapter", "student", "db_url"}`` lines; autograde and write feedback; answer one line each."""
+    answer = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # nbgrader's own output goes to the log, never into the answers
+    import copy
+
+    from nbgrader.apps import NbGraderAPI
+    from nbgrader.coursedir import CourseDirectory
+    from traitlets.config.loader import PyFileConfigLoader
+
+    base = PyFileConfigLoader("nbgrader_config.py", path=str(HERE)).load_config()
+    for line in sys.stdin:
+        job = json.loads(line)
+        config = copy.deepcopy(base)
+        config.CourseDirectory.db_url = job["db_url"]
+        api = NbGraderAPI(coursedir=CourseDirectory(config=config), config=config)
+        start = time.perf_counter()
+        result = api.autograde(job["chapter"], job["student"], force=True, create=True)
+        seconds = time.perf_counter() - start
+        if result["success"]:
+            result = api.generate_feedback(job["chapter"], job["student"], force=True)
+            what = "feedback failed"
+        else:
+            what = "nbgrader autograde failed"
+        error = ""
+        if not result["success"]:
+            text = (result.get("error") or "") + "\n" + (result.get("log") or "")
+            error = f"{what}: {_last_error(subprocess.CompletedProcess([], 1, text, ''))}"
+        answer.write(json.dumps({"ok": result["success"], "error": error, "seconds": seconds}) + "\n")
+    return 0
 
 
 def merge(results: list[Result], db_url: str) -> None:
@@ -262,7 +373,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fresh", action="store_true", help="regrade submissions an earlier run finished")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds allowed per submission")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.worker:
+        return worker_main()
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
 
     submitted = HERE / "submitted"
@@ -287,7 +401,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from tqdm.auto import tqdm
 
-    pool = ThreadPoolExecutor(max_workers=max(1, args.jobs))
+    jobs = max(1, min(args.jobs, len(todo) or 1))
+    _workers.fill(jobs)
+    pool = ThreadPoolExecutor(max_workers=jobs)
     try:
         futures = [pool.submit(grade_one, r, args.fresh, args.timeout) for r in todo]
         with tqdm(total=len(futures), desc="grading", unit="submission", disable=args.quiet,
@@ -303,9 +419,11 @@ def main(argv: list[str] | None = None) -> int:
             for proc in list(_children):
                 _kill(proc)
         pool.shutdown(wait=True)
+        _workers.stop()
         print("\ninterrupted: run the same command again to finish; finished submissions are kept.")
         return 130
     pool.shutdown()
+    _workers.stop()
 
     db_url = main_db_url()
     for chapter in chapters:
