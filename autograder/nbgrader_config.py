@@ -55,9 +55,9 @@ from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor  # noqa: E402
 from nbgrader.preprocessors import (  # noqa: E402
     CheckCellMetadata, ClearHiddenTests, ClearOutput, DeduplicateIds, GetGrades, OverwriteCells, OverwriteKernelspec,
 )
-from submission import PrepareSubmission, RepairCells  # noqa: E402
+from submission import PrepareSubmission, RepairCells, TrimTracebacks  # noqa: E402
 
 c.Autograde.sanitize_preprocessors = [ClearOutput, DeduplicateIds, RepairCells, OverwriteKernelspec, OverwriteCells,
                                       PrepareSubmission, CheckCellMetadata]
-# Feedback shows each test's result and message, not the hidden tests' code.
-c.GenerateFeedback.preprocessors = [GetGrades, ClearHiddenTests, CSSHTMLHeaderPreprocessor]
+# Feedback shows each test's result and message, not the hidden tests' code (nor tracebacks quoting it).
+c.GenerateFeedback.preprocessors = [GetGrades, ClearHiddenTests, TrimTracebacks, CSSHTMLHeaderPreprocessor]

@@ -290,3 +290,18 @@ class PrepareSubmission(NbGraderPreprocessor):
                     self.log.warning("removed from %s: %s", meta.get("grade_id", "a cell"), reason)
         resources.setdefault("nbgrader", {})["tampering_removed"] = removed
         return nb, resources
+
+
+class TrimTracebacks(NbGraderPreprocessor):
+    """In feedback, a failed test cell shows its error's name and message, not a traceback.
+
+    A traceback quotes the test cell's source, hidden tests included; the message is
+    what a learner needs (the checks write it for them).
+    """
+
+    def preprocess_cell(self, cell, resources, index):
+        if cell.cell_type == "code" and cell.metadata.get("nbgrader", {}).get("grade"):
+            for out in cell.get("outputs", []):
+                if out.get("output_type") == "error":
+                    out["traceback"] = [f"{out.get('ename', 'Error')}: {out.get('evalue', '')}"]
+        return cell, resources

@@ -179,23 +179,25 @@ def noisy(nb, e):
 
 def rearranged(nb, passing: list[Exercise], deps: dict[str, set[str]]):
     """Deleted, duplicated and reordered cells, all around exercises that are right: no points lost."""
+    original = copy.deepcopy(nb)
     cells = nb["cells"]
     first = passing[0]
-    test_ids = [t for t in _tests_after(nb, first.grade_id)]
-    # the learner deletes a test cell (nbgrader puts it back) and an instructions cell
-    cells[:] = [c for c in cells if nbgrader_meta(c).get("grade_id") != test_ids[0]]
-    md = next(i for i, c in enumerate(cells) if c["cell_type"] == "markdown" and not nbgrader_meta(c).get("locked"))
-    del cells[md]
-    # duplicates a solution cell
-    at = next(i for i, c in enumerate(cells) if nbgrader_meta(c).get("grade_id") == first.grade_id)
-    cells.insert(at + 1, copy.deepcopy(cells[at]))
-    # and moves the last exercise that calls no other (solution and its tests) up, right after the setup cell
-    last = next((e for e in reversed(passing) if not any(deps.get(n) for n in e.names)), passing[-1])
-    block_ids = {last.grade_id, *_tests_after(nb, last.grade_id)}
+    # the learner moves the last exercise that calls no other (its solution and tests) up, after the setup cell
+    movable = [e for e in passing if not any(deps.get(n) for n in e.names)] or passing
+    last = next((e for e in reversed(movable) if e is not first), movable[-1])
+    block_ids = {last.grade_id, *_tests_after(original, last.grade_id)}
     block = [c for c in cells if nbgrader_meta(c).get("grade_id") in block_ids]
     rest = [c for c in cells if nbgrader_meta(c).get("grade_id") not in block_ids]
     setup = next(i for i, c in enumerate(rest) if nbgrader_meta(c).get("grade_id") == "setup")
     cells[:] = rest[:setup + 1] + block + rest[setup + 1:]
+    # deletes a test cell (nbgrader puts it back) and an instructions cell
+    deleted = _tests_after(original, first.grade_id)[0]
+    cells[:] = [c for c in cells if nbgrader_meta(c).get("grade_id") != deleted]
+    md = next(i for i, c in enumerate(cells) if c["cell_type"] == "markdown" and not nbgrader_meta(c).get("locked"))
+    del cells[md]
+    # and duplicates a solution cell
+    at = next(i for i, c in enumerate(cells) if nbgrader_meta(c).get("grade_id") == first.grade_id)
+    cells.insert(at + 1, copy.deepcopy(cells[at]))
     return set()
 
 
@@ -244,7 +246,9 @@ def _check_calls(ch: Chapter, e: Exercise) -> list[str]:
 
 def tampering(ch: Chapter) -> tuple[dict, set[str]]:
     """One submission that breaks some exercises and tries to pass them anyway, every way we know."""
-    fns = ch.functions()[:-1]  # keep the last exercise honest and right: the score is not 0
+    # keep one exercise honest and right, one that calls no other, so the score is not 0
+    honest = next(e for e in reversed(ch.functions()) if not any(ch.deps.get(n) for n in e.names))
+    fns = [e for e in ch.functions() if e is not honest]
     nb, broken = copy.deepcopy(ch.nb), set()
     attempts = [
         # replace the whole `check` object with one that passes everything
