@@ -154,26 +154,68 @@ def preflight(student: str, chapter: str, known: list[str]) -> str:
     return ""
 
 
-def register(chapter: str, db_url: str) -> None:
-    """Put a chapter and its grade cells in a gradebook (from solutions/), without touching course/."""
-    with tempfile.TemporaryDirectory() as scratch:
-        proc = nbgrader("generate_assignment", chapter, "--force", "--log-level=WARN",
-                        f"--CourseDirectory.release_directory={scratch}", db_url=db_url)
-    if proc.returncode:
-        sys.exit(f"could not register {chapter} from solutions/: {_last_error(proc)}")
+def blank_gradebook() -> Path:
+    """An empty gradebook with nbgrader's schema.
 
-
-def template(chapter: str) -> Path:
-    """A gradebook with only ``chapter`` registered, rebuilt when its source notebook changes."""
+    Creating a gradebook costs seconds (nbgrader runs its database migrations); copying
+    an empty one costs nothing, and registering a chapter in it then takes a fraction of
+    a second, so every new gradebook starts as a copy of this one.
+    """
     folder = WORK / "templates"
     folder.mkdir(parents=True, exist_ok=True)
-    db, stamp = folder / f"{chapter}.db", folder / f"{chapter}.sha256"
-    digest = _sha256(ROOT / "solutions" / chapter / f"{chapter}.ipynb")
-    if not (db.exists() and stamp.exists() and stamp.read_text() == digest):
-        db.unlink(missing_ok=True)
-        register(chapter, f"sqlite:///{db}")
+    path = folder / "blank.db"
+    if not path.exists():
+        from nbgrader.api import Gradebook
+
+        tmp = folder / f"blank.{os.getpid()}.db"
+        tmp.unlink(missing_ok=True)
+        with Gradebook(f"sqlite:///{tmp}"):
+            pass
+        os.replace(tmp, path)
+    return path
+
+
+def _sqlite_path(db_url: str) -> Path | None:
+    return Path(db_url[len("sqlite:///"):]) if db_url.startswith("sqlite:///") else None
+
+
+def register(chapters: list[str], db_url: str) -> None:
+    """Put each chapter and its grade cells in the gradebook at ``db_url`` (from solutions/,
+    without touching course/), one after the other, through one worker."""
+    path = _sqlite_path(db_url)
+    if path is not None and not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(blank_gradebook(), path)
+    worker = _workers.get()
+    try:
+        for chapter in chapters:
+            reply = worker.run({"register": chapter, "db_url": db_url}, timeout=600)
+            if not reply.get("ok"):
+                sys.exit(f"could not register {chapter} from solutions/: {reply.get('error')}")
+    finally:
+        _workers.put(worker)
+
+
+def templates(chapters: list[str], jobs: int) -> None:
+    """For each chapter, a gradebook with only that chapter registered (``templates/<chapter>.db``),
+    rebuilt when its source notebook changes; stale ones are rebuilt by the workers at once."""
+    folder = WORK / "templates"
+    folder.mkdir(parents=True, exist_ok=True)
+    stale = {}
+    for chapter in chapters:
+        db, stamp = folder / f"{chapter}.db", folder / f"{chapter}.sha256"
+        digest = _sha256(ROOT / "solutions" / chapter / f"{chapter}.ipynb")
+        if not (db.exists() and stamp.exists() and stamp.read_text() == digest):
+            stamp.unlink(missing_ok=True)
+            db.unlink(missing_ok=True)
+            stale[chapter] = (db, stamp, digest)
+    if not stale:
+        return
+    blank_gradebook()  # once, before the threads copy it
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        list(pool.map(lambda ch: register([ch], f"sqlite:///{stale[ch][0]}"), stale))
+    for db, stamp, digest in stale.values():
         stamp.write_text(digest)
-    return db
 
 
 # ------------------------------------------------------------------ grading one
@@ -195,7 +237,7 @@ def grade_one(r: Result, fresh: bool, timeout: float) -> Result:
     url = f"sqlite:///{db}"
     worker = _workers.get()
     try:
-        reply = worker.grade(r.chapter, r.student, url, timeout)
+        reply = worker.run({"chapter": r.chapter, "student": r.student, "db_url": url}, timeout)
     finally:
         _workers.put(worker)
     r.seconds = reply.get("seconds", 0.0)
@@ -220,7 +262,8 @@ def grade_one(r: Result, fresh: bool, timeout: float) -> Result:
 
 
 class Worker:
-    """A ``grade.py --worker`` process that autogrades and writes feedback, one submission at a time.
+    """A ``grade.py --worker`` process that autogrades and writes feedback, one submission at a time,
+    or registers a chapter in a gradebook.
 
     nbgrader takes seconds to import; a worker imports it once and then grades many
     submissions through nbgrader's own Python API, each with its own gradebook. It runs
@@ -250,19 +293,20 @@ class Worker:
             _kill(self.proc)
             self.proc = None
 
-    def grade(self, chapter: str, student: str, db_url: str, timeout: float) -> dict:
+    def run(self, job: dict, timeout: float) -> dict:
+        """Send one job (see :func:`worker_main`); its answer, or why there is none."""
         import selectors
 
         if self.proc is None or self.proc.poll() is not None:
             self._start()
         try:
-            self.proc.stdin.write(json.dumps({"chapter": chapter, "student": student, "db_url": db_url}) + "\n")
+            self.proc.stdin.write(json.dumps(job) + "\n")
             self.proc.stdin.flush()
             with selectors.DefaultSelector() as sel:
                 sel.register(self.proc.stdout, selectors.EVENT_READ)
                 if not sel.select(timeout):
                     self.stop()
-                    return {"ok": False, "error": f"grading took longer than {timeout:g} s and was stopped"}
+                    return {"ok": False, "error": f"nbgrader took longer than {timeout:g} s and was stopped"}
             line = self.proc.stdout.readline()
         except (BrokenPipeError, OSError):
             line = ""
@@ -302,7 +346,8 @@ _workers = _Pool()
 
 
 def worker_main() -> int:
-    """Read ``{"chapter", "student", "db_url"}`` lines; autograde and write feedback; answer one line each."""
+    """Read one job a line and answer one line each: ``{"chapter", "student", "db_url"}`` autogrades
+    and writes feedback; ``{"register": chapter, "db_url"}`` registers a chapter in a gradebook."""
     answer = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # nbgrader's own output goes to the log, never into the answers
     import copy
@@ -316,6 +361,15 @@ def worker_main() -> int:
         job = json.loads(line)
         config = copy.deepcopy(base)
         config.CourseDirectory.db_url = job["db_url"]
+        if "register" in job:
+            with tempfile.TemporaryDirectory() as scratch:
+                config.CourseDirectory.release_directory = scratch
+                api = NbGraderAPI(coursedir=CourseDirectory(config=config), config=config)
+                result = api.generate_assignment(job["register"], force=True)
+            error = "" if result["success"] else _last_error(subprocess.CompletedProcess(
+                [], 1, (result.get("error") or "") + "\n" + (result.get("log") or ""), ""))
+            answer.write(json.dumps({"ok": result["success"], "error": error}) + "\n")
+            continue
         api = NbGraderAPI(coursedir=CourseDirectory(config=config), config=config)
         start = time.perf_counter()
         result = api.autograde(job["chapter"], job["student"], force=True, create=True)
@@ -335,8 +389,14 @@ def worker_main() -> int:
 
 def merge(results: list[Result], db_url: str) -> None:
     """Copy each graded submission from its own gradebook into the main one (idempotent)."""
-    from nbgrader.api import Gradebook, MissingEntry
+    import warnings
 
+    from nbgrader.api import Gradebook, MissingEntry
+    from sqlalchemy.exc import SAWarning
+
+    # nbgrader 0.9.6's add_submission trips SQLAlchemy's autoflush warnings on every call;
+    # the rows are written all the same (the tests read them back), so keep them off the screen.
+    warnings.filterwarnings("ignore", category=SAWarning, module="nbgrader")
     with Gradebook(db_url) as dst:
         for r in results:
             if r.score is None:
@@ -396,8 +456,6 @@ def main(argv: list[str] | None = None) -> int:
         if not r.problem:
             todo.append(r)
     chapters = sorted({r.chapter for r in todo})
-    for chapter in chapters:
-        template(chapter)
 
     from tqdm.auto import tqdm
 
@@ -405,6 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     _workers.fill(jobs)
     pool = ThreadPoolExecutor(max_workers=jobs)
     try:
+        templates(chapters, jobs)
         futures = [pool.submit(grade_one, r, args.fresh, args.timeout) for r in todo]
         with tqdm(total=len(futures), desc="grading", unit="submission", disable=args.quiet,
                   file=sys.stdout) as bar:
@@ -423,11 +482,11 @@ def main(argv: list[str] | None = None) -> int:
         print("\ninterrupted: run the same command again to finish; finished submissions are kept.")
         return 130
     pool.shutdown()
-    _workers.stop()
-
     db_url = main_db_url()
-    for chapter in chapters:
-        register(chapter, db_url)
+    try:
+        register(chapters, db_url)
+    finally:
+        _workers.stop()
     merge(results, db_url)
     proc = nbgrader("export", f"--to={HERE / 'grades.csv'}", "--log-level=WARN", db_url=db_url)
     if proc.returncode:
