@@ -35,16 +35,21 @@ def test_release_is_in_sync_with_solutions(regenerated, chapter):
 
 
 def _solution_lines(nb) -> set[str]:
-    lines, inside = set(), False
+    """Lines that stand only inside solution or hidden-test blocks of the solution notebook.
+
+    A line the notebook also shows in the open (``loss.backward()`` in a training cell) is
+    no secret, so its appearance in course/ proves nothing.
+    """
+    hidden, shown, inside = set(), set(), False
     for cell in nb.cells:
         for line in cell.source.splitlines():
             if "### BEGIN SOLUTION" in line or "### BEGIN HIDDEN TESTS" in line:
                 inside = True
             elif "### END SOLUTION" in line or "### END HIDDEN TESTS" in line:
                 inside = False
-            elif inside and len(line.strip()) > 12:
-                lines.add(line.strip())
-    return lines
+            elif len(line.strip()) > 12:
+                (hidden if inside else shown).add(line.strip())
+    return hidden - shown
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS)
