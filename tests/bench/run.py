@@ -103,49 +103,58 @@ def ops() -> list[dict]:
         state = (h, torch.randn(64, 128)) if kind == "LSTM" else h
         weights = (cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)
         with torch.no_grad():
-            mine, ref = ours(xs, state, *weights), cell(xs, state)
+            cell64 = module(64, 128).double()
+            cell64.load_state_dict(cell.state_dict())
+            state64 = tuple(t.double() for t in state) if kind == "LSTM" else state.double()
+            mine = ours(xs.double(), state64, *(w.double() for w in weights))
+            ref = cell64(xs.double(), state64)
             mine = mine[0] if kind == "LSTM" else mine
             ref = ref[0] if kind == "LSTM" else ref
-            err = (mine.double() - ref.double()).abs().max()
+            err = (mine - ref).abs().max()
             bench(f"{kind} cell step", "batch 64, input 64, hidden 128",
                   lambda ours=ours, state=state, weights=weights: ours(xs, state, *weights),
                   lambda cell=cell, state=state: cell(xs, state), err)
 
     q, k, v = (torch.randn(8, 4, 128, 64) for _ in range(3))
     mask = torch.ones(128, 128, dtype=torch.bool).tril()
-    err = (attention.scaled_dot_product_attention(q.double(), k.double(), v.double(), mask=mask)[0]
-           if isinstance(attention.scaled_dot_product_attention(q, k, v, mask=mask), tuple) else
-           attention.scaled_dot_product_attention(q.double(), k.double(), v.double(), mask=mask))
-    err = (err - F.scaled_dot_product_attention(q.double(), k.double(), v.double(), attn_mask=mask)).abs().max()
+    err = (attention.scaled_dot_product_attention(q.double(), k.double(), v.double(), mask=mask)
+           - F.scaled_dot_product_attention(q.double(), k.double(), v.double(), attn_mask=mask)).abs().max()
     bench("scaled dot-product attention, causal", "8x4 heads, 128 tokens, d 64",
           lambda: attention.scaled_dot_product_attention(q, k, v, mask=mask),
           lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask), err)
 
-    mha = getattr(attention, "multi_head_attention_from_module", None)
-    if mha is not None:
-        module = torch.nn.MultiheadAttention(256, 8, batch_first=True)
-        xq = torch.randn(16, 64, 256)
-        with torch.no_grad():
-            err = (mha(module, xq, xq, xq).double() - module(xq, xq, xq, need_weights=False)[0].double()).abs().max()
-            bench("multi-head attention", "batch 16, 64 tokens, 256 wide, 8 heads",
-                  lambda: mha(module, xq, xq, xq), lambda: module(xq, xq, xq, need_weights=False), err)
-
-    def adam_pair():
-        params = [torch.randn(512, 512, requires_grad=True) for _ in range(4)]
-        for p in params:
-            p.grad = torch.randn_like(p)
-        return params
-
-    ours_p, theirs_p = adam_pair(), adam_pair()
+    module = torch.nn.MultiheadAttention(256, 8, batch_first=True)
+    params = dict(module.named_parameters())  # in_proj_weight, in_proj_bias, out_proj.weight, out_proj.bias
+    xq = torch.randn(16, 64, 256)
     with torch.no_grad():
-        for a, b_ in zip(ours_p, theirs_p):
-            b_.copy_(a)
-            b_.grad = a.grad.clone()
+        err = (attention.multi_head_attention(xq.double(), xq.double(), xq.double(),
+                                              {k: p.double() for k, p in params.items()}, 8)
+               - module.double()(xq.double(), xq.double(), xq.double(), need_weights=False)[0]).abs().max()
+        module.float()
+        bench("multi-head attention", "batch 16, 64 tokens, 256 wide, 8 heads",
+              lambda: attention.multi_head_attention(xq, xq, xq, params, 8),
+              lambda: module(xq, xq, xq, need_weights=False), err)
+
+    def adam_pair(dtype):
+        """Two identical sets of 4 parameters with gradients: one for ours, one for torch.optim."""
+        g = torch.Generator().manual_seed(0)
+        sets = []
+        for _ in range(2):
+            params = [torch.randn(512, 512, generator=g.manual_seed(i), dtype=dtype).requires_grad_()
+                      for i in range(4)]
+            for i, p in enumerate(params):
+                p.grad = torch.randn(512, 512, generator=g.manual_seed(100 + i), dtype=dtype)
+            sets.append(params)
+        return sets
+
+    ours_p, theirs_p = adam_pair(torch.float64)  # the error after 3 steps, in float64
     ours_opt, theirs_opt = optim.Adam(ours_p, lr=1e-3), torch.optim.Adam(theirs_p, lr=1e-3, foreach=False)
     for _ in range(3):
         ours_opt.step()
         theirs_opt.step()
     err = max((a - b_).abs().max() for a, b_ in zip(ours_p, theirs_p))
+    ours_p, theirs_p = adam_pair(torch.float32)  # the time, in float32 like the others
+    ours_opt, theirs_opt = optim.Adam(ours_p, lr=1e-3), torch.optim.Adam(theirs_p, lr=1e-3, foreach=False)
     bench("Adam step", "4 tensors of 512x512", ours_opt.step, theirs_opt.step, err)
     return rows
 
@@ -216,7 +225,7 @@ def write_report(store: dict) -> None:
             if printed:
                 lines += [f"### {chapter}", "", "```", *printed, "```", ""]
     if store.get("ops"):
-        lines += ["## Reference ops against PyTorch's own (CPU, median time)", "",
+        lines += ["## Reference ops against PyTorch's own (CPU, median time in float32; error in float64)", "",
                   "| op | shape | ours | PyTorch | ratio | max error (float64) |", "|---|---|---:|---:|---:|---:|"]
         for r in store["ops"]:
             lines.append(f"| {r['op']} | {r['shape']} | {r['ours_ms']:.3f} ms | {r['torch_ms']:.3f} ms | "
