@@ -76,7 +76,7 @@ def _points(chapter: str, grade_ids: set[str]) -> float:
 
 
 DETERMINISM = ("ch03-training" if "ch03-training" in CHAPTERS else CHAPTERS[-1])
-CELL_TIMEOUT_S = 15  # the infinite loops of the bad submissions stop after this
+CELL_TIMEOUT_S = 10  # the infinite loops of the bad submissions stop after this (setup cells take under 3 s)
 
 
 @pytest.fixture(scope="module")
