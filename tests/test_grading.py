@@ -55,6 +55,23 @@ MISTAKES = {
         "batch_norm": (lambda s: s.replace("var = x.var(dim=0, unbiased=False)", "var = x.var(dim=0)"),
                        {"test_batch_norm"}),
     },
+    "ch04-cnn": {
+        # flips the kernel: the textbook convolution, not the cross-correlation layers compute
+        "conv2d": (lambda s: s.replace("out = weight.reshape(o, -1) @ cols",
+                                       "out = weight.flip(-2, -1).reshape(o, -1) @ cols"), {"test_conv2d"}),
+        # pads with zeros, which win the max where a window holds only negative values
+        "max_pool2d": (lambda s: s.replace('value=float("-inf")', "value=0.0"), {"test_max_pool2d"}),
+        # forgets the biases
+        "conv_params": (lambda s: s.replace("return weights + (out_channels if bias else 0)", "return weights"),
+                        {"test_conv_params"}),
+    },
+    "ch05-rnn": {
+        # the forget gate reuses the input gate
+        "lstm_cell": (lambda s: s.replace("c_new = f * c + i * g", "c_new = i * c + i * g"), {"test_lstm_cell"}),
+        # drops the last window
+        "make_windows": (lambda s: s.replace("n = len(series) - window - horizon + 1",
+                                             "n = len(series) - window - horizon"), {"test_make_windows"}),
+    },
 }
 
 
