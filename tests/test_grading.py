@@ -72,6 +72,24 @@ MISTAKES = {
         "make_windows": (lambda s: s.replace("n = len(series) - window - horizon + 1",
                                              "n = len(series) - window - horizon"), {"test_make_windows"}),
     },
+    "ch06-transformers": {
+        # forgets to scale the scores by 1 / sqrt(d)
+        "scaled_dot_product_attention": (lambda s: s.replace("scores = q @ k.transpose(-2, -1) / math.sqrt(d)",
+                                                             "scores = q @ k.transpose(-2, -1)"),
+                                         {"test_scaled_dot_product_attention"}),
+        # a plain reshape that cuts the sequence into pieces instead of splitting each token's features
+        "split_merge_heads": (lambda s: s.replace("return x.reshape(N, L, n_heads, E // n_heads).transpose(1, 2)",
+                                                  "return x.reshape(N, n_heads, L, E // n_heads)"),
+                              {"test_split_merge_heads"}),
+    },
+    "ch07-advanced": {
+        # reads logvar as the log of the standard deviation
+        "reparameterize": (lambda s: s.replace("std = torch.exp(0.5 * logvar)", "std = torch.exp(logvar)"),
+                           {"test_reparameterize"}),
+        # the KL term with its sign flipped
+        "kl_divergence": (lambda s: s.replace("per_example = -0.5 * torch.sum", "per_example = 0.5 * torch.sum"),
+                          {"test_kl_divergence"}),
+    },
 }
 
 
