@@ -90,6 +90,33 @@ MISTAKES = {
         "kl_divergence": (lambda s: s.replace("per_example = -0.5 * torch.sum", "per_example = 0.5 * torch.sum"),
                           {"test_kl_divergence"}),
     },
+    "ch08-practice": {
+        # scales small gradients up as well as large ones down
+        "clip_grad_norm": (lambda s: s.replace("factor = torch.clamp(max_norm / (total_norm + 1e-6), max=1.0)",
+                                               "factor = max_norm / (total_norm + 1e-6)"), {"test_clip_grad_norm"}),
+        # fan_in and fan_out swapped
+        "fan_in_and_fan_out": (lambda s: s.replace("return shape[1] * receptive_field, shape[0] * receptive_field",
+                                                   "return shape[0] * receptive_field, shape[1] * receptive_field"),
+                               {"test_fan_in_and_fan_out"}),
+        # inverse counts without the balancing factor
+        "class_weights": (lambda s: s.replace("return len(y) / (n_classes * counts)", "return 1 / counts"),
+                          {"test_class_weights"}),
+    },
+    "ch09-transfer": {
+        # freezes the parameters but leaves frozen batch norm updating its running statistics
+        "freeze": (lambda s: s.replace("module.train(model.training and is_trainable(name))",
+                                       "module.train(model.training)"), {"test_freeze"}),
+        # passes the gradient through unchanged in sign
+        "grad_reverse": (lambda s: s.replace("return -ctx.lam * grad, None", "return ctx.lam * grad, None"),
+                         {"test_grad_reverse"}),
+    },
+    "ch10-deployment": {
+        # truncates toward zero instead of rounding
+        "quantize_dequantize": (lambda s: s.replace("q = torch.round(x / scale)", "q = torch.trunc(x / scale)"),
+                                {"test_quantize"}),
+        # the soft term without its T**2 factor
+        "kd_loss": (lambda s: s.replace("return alpha * T**2 * soft", "return alpha * soft"), {"test_kd_loss"}),
+    },
 }
 
 
