@@ -117,6 +117,26 @@ MISTAKES = {
         # the soft term without its T**2 factor
         "kd_loss": (lambda s: s.replace("return alpha * T**2 * soft", "return alpha * soft"), {"test_kd_loss"}),
     },
+    "ch11-applications": {
+        # rows are the predicted class: the matrix comes out transposed
+        "confusion_matrix": (lambda s: s.replace("pair = y_true.long() * n_classes + y_pred.long()",
+                                                 "pair = y_pred.long() * n_classes + y_true.long()"),
+                             {"test_confusion_matrix"}),
+        # scales with the whole series' statistics, test period included
+        "train_test_windows": (lambda s: s.replace("mean = series[:n_train].mean()", "mean = series.mean()").replace(
+            "std = series[:n_train].std(unbiased=False)", "std = series.std(unbiased=False)"),
+            {"test_train_test_windows"}),
+        # floor where the recall target needs ceil
+        "threshold_for_recall": (lambda s: s.replace("k = math.ceil(", "k = math.floor("),
+                                 {"test_threshold_for_recall"}),
+    },
+    "ch12-practices": {
+        # standardizes with statistics of every row, test rows included: the leak
+        "split_and_standardize": (lambda s: s.replace("mean = X_train.mean(axis=0)", "mean = X.mean(axis=0)").replace(
+            "std = X_train.std(axis=0)", "std = X.std(axis=0)"), {"test_split_and_standardize"}),
+        # forgets NumPy's global generator
+        "set_seed": (lambda s: s.replace("    np.random.seed(seed)\n", ""), {"test_set_seed"}),
+    },
 }
 
 
