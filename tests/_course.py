@@ -76,11 +76,15 @@ def execute_many(jobs: list[tuple[Path, bool]], workers: int = 2, **env: str) ->
     exception in place of the notebook. Two at a time on 2 cores costs each one little,
     because fast mode runs PyTorch and BLAS on one thread (``ONE_THREAD``).
     """
+    import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     env = {"COURSE_FAST": "1", "MPLBACKEND": "Agg", **ONE_THREAD, **env}
     results = {}
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    # "spawn": a forked child would inherit this process's state (pytest's plugins import
+    # zmq and asyncio), and its kernel client then sometimes missed a reply and sat out
+    # the whole 300 s cell timeout before reading it.
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {pool.submit(_execute_in_child, str(p), allow, env): p for p, allow in jobs}
         for future, path in futures.items():
             try:
@@ -89,6 +93,26 @@ def execute_many(jobs: list[tuple[Path, bool]], workers: int = 2, **env: str) ->
             except Exception as err:  # a notebook that failed to run: the test reports it
                 results[path] = (err, 0.0)
     return results
+
+
+def cell_seconds(nb) -> list[tuple[float, int]]:
+    """(seconds, cell index) for every executed code cell, slowest first, from nbclient's timing metadata."""
+    from datetime import datetime
+
+    rows = []
+    for i, cell in enumerate(nb.cells):
+        stamps = cell.get("metadata", {}).get("execution", {})
+        if "iopub.execute_input" in stamps and "shell.execute_reply" in stamps:
+            start, end = (datetime.fromisoformat(stamps[k].replace("Z", "+00:00"))
+                          for k in ("iopub.execute_input", "shell.execute_reply"))
+            rows.append(((end - start).total_seconds(), i))
+    return sorted(rows, reverse=True)
+
+
+def slowest_cells(nb, n: int = 5) -> str:
+    """The n slowest code cells as one readable line: where a notebook's time went."""
+    return "; ".join(f"cell {i} {seconds:.1f} s ({nb.cells[i].source.splitlines()[0][:50]!r})"
+                     for seconds, i in cell_seconds(nb)[:n] if nb.cells[i].source.strip())
 
 
 def error_cells(nb) -> list[int]:
