@@ -47,13 +47,47 @@ def env_with_venv(**extra: str) -> dict[str, str]:
     return env
 
 
+def _poll_in_slices(channel, step: float = 1.0) -> None:
+    """Make ``channel.get_msg(timeout)`` wait in ``step``-second polls instead of one long one.
+
+    pyzmq's asyncio poll occasionally misses the wake-up for a message that has already
+    arrived (edge-triggered file descriptors; seen after cells that display widgets, as in
+    jupyter/nbclient#312) and returns it only when its timeout runs out: nbclient then sat
+    for the whole 300 s cell timeout with the reply waiting, and the notebook still passed,
+    five minutes late. Every new poll looks at the socket first, so short polls bound that
+    delay to ``step``; an empty channel still raises ``Empty`` at the caller's deadline.
+    """
+    from queue import Empty
+
+    get_msg = channel.get_msg
+
+    async def get_msg_in_slices(timeout: float | None = None):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = step if deadline is None else min(step, max(deadline - time.monotonic(), 0.0))
+            try:
+                return await get_msg(timeout=left)
+            except Empty:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+
+    channel.get_msg = get_msg_in_slices
+
+
 def execute(path: Path, allow_errors: bool, timeout: int = 300) -> tuple[nbformat.NotebookNode, float]:
     """Execute a copy of a notebook in its folder with nbclient; return it and the seconds taken."""
     from nbclient import NotebookClient
 
+    class Client(NotebookClient):
+        async def async_start_new_kernel_client(self):
+            kc = await super().async_start_new_kernel_client()
+            for channel in (kc.shell_channel, kc.iopub_channel):
+                _poll_in_slices(channel)
+            return kc
+
     nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=allow_errors,
-                            resources={"metadata": {"path": str(path.parent)}})
+    client = Client(nb, timeout=timeout, kernel_name="python3", allow_errors=allow_errors,
+                    resources={"metadata": {"path": str(path.parent)}})
     start = time.perf_counter()
     client.execute()
     return nb, time.perf_counter() - start
@@ -81,9 +115,7 @@ def execute_many(jobs: list[tuple[Path, bool]], workers: int = 2, **env: str) ->
 
     env = {"COURSE_FAST": "1", "MPLBACKEND": "Agg", **ONE_THREAD, **env}
     results = {}
-    # "spawn": a forked child would inherit this process's state (pytest's plugins import
-    # zmq and asyncio), and its kernel client then sometimes missed a reply and sat out
-    # the whole 300 s cell timeout before reading it.
+    # "spawn": a child forked from pytest would inherit its imported zmq and asyncio state.
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {pool.submit(_execute_in_child, str(p), allow, env): p for p, allow in jobs}
         for future, path in futures.items():
