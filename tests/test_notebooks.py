@@ -36,19 +36,20 @@ def _run(executed, folder, chapter):
 def test_solution_runs_clean_within_fast_budget(executed, chapter):
     nb, seconds = _run(executed, SOLUTIONS, chapter)
     budget = FAST_BUDGET_S.get(chapter, DEFAULT_FAST_BUDGET_S)
-    print(f"{chapter}: fast mode executed in {seconds:.1f} s (budget {budget} s); slowest: {slowest_cells(nb)}")
+    slowest = slowest_cells(nb)
+    print(f"{chapter}: fast mode executed in {seconds:.1f} s (budget {budget} s); slowest: {slowest}")
     if seconds > budget:
-        # A shared 2-core CI machine has stalls that have nothing to do with the notebook.
-        # Time it once more, alone: a notebook that is really too slow fails again, and the
-        # message says which cells took the time both times.
-        first = slowest_cells(nb)
+        # Time it once more, alone, before failing: a stall outside the notebook (such as the
+        # missed kernel reply that _course._poll_in_slices now bounds) should not fail CI, and a
+        # notebook that is really too slow fails again. Both timings name the slowest cells.
         path = notebook_path(SOLUTIONS, chapter)
         executed[path] = execute_many([(path, False)], workers=1)[path]
         nb, again = _run(executed, SOLUTIONS, chapter)
-        warnings.warn(f"{chapter} took {seconds:.1f} s in fast mode beside another notebook (slowest: {first}); "
-                      f"alone it took {again:.1f} s (slowest: {slowest_cells(nb)})")
+        slowest_again = slowest_cells(nb)
+        warnings.warn(f"{chapter} took {seconds:.1f} s in fast mode beside another notebook (slowest: {slowest}); "
+                      f"alone it took {again:.1f} s (slowest: {slowest_again})")
         assert again <= budget, (f"{chapter} took {seconds:.1f} s, then {again:.1f} s alone, in fast mode; the budget "
-                                 f"is {budget} s. Slowest cells: {slowest_cells(nb)}; the first time: {first}")
+                                 f"is {budget} s. Slowest cells: {slowest_again}; the first time: {slowest}")
     checks = [c for c in nb.cells if nbgrader_meta(c).get("grade")]
     assert checks, "a chapter without graded cells"
     for cell in checks:
@@ -77,8 +78,8 @@ def test_whole_course_fits_its_fast_budget(executed):
     seconds = {ch: executed[notebook_path(SOLUTIONS, ch)][1] for ch in CHAPTERS}
     total = sum(seconds.values())
     breakdown = ", ".join(f"{ch.split('-')[0]} {s:.0f} s" for ch, s in seconds.items())
-    print(f"all {len(CHAPTERS)} chapters in fast mode: {total:.0f} s of notebook time (budget {COURSE_FAST_BUDGET_S} s):"
-          f" {breakdown}")
+    print(f"all {len(CHAPTERS)} chapters in fast mode: {total:.0f} s of notebook time"
+          f" (budget {COURSE_FAST_BUDGET_S} s): {breakdown}")
     assert total <= COURSE_FAST_BUDGET_S, f"{total:.0f} s > {COURSE_FAST_BUDGET_S} s: {breakdown}"
 
 

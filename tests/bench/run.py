@@ -225,7 +225,8 @@ def write_report(store: dict) -> None:
                   f"![chapter times]({PLOT.name})", ""]
         lines += ["## Results beside their anchors (full mode, as each notebook printed them)", ""]
         for chapter in sorted(nbs):
-            printed = [ln for ln in nbs[chapter].get("full", {}).get("lines", []) if ANCHOR.search(ln) and not NOT_A_RESULT.search(ln)][:40]
+            printed = [ln for ln in nbs[chapter].get("full", {}).get("lines", [])
+                       if ANCHOR.search(ln) and not NOT_A_RESULT.search(ln)][:40]
             if printed:
                 lines += [f"### {chapter}", "", "```", *printed, "```", ""]
     if store.get("ops"):
