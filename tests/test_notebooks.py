@@ -7,6 +7,7 @@ on demand: ``python -m pytest --nbval-lax solutions``.
 """
 from __future__ import annotations
 
+import re
 import warnings
 
 import nbformat
@@ -28,8 +29,16 @@ def executed():
 def _run(executed, folder, chapter):
     nb, seconds = executed[notebook_path(folder, chapter)]
     if isinstance(nb, Exception):
-        pytest.fail(f"{chapter} did not run: {type(nb).__name__}: {str(nb)[:2000]}")
+        pytest.fail(f"{chapter} did not run: {type(nb).__name__}: {_clip(str(nb))}")
     return nb, seconds
+
+
+def _clip(text: str, head: int = 1000, tail: int = 5000) -> str:
+    """The start (which cell) and the end (the error itself) of a long message, colour codes removed."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text)
+    if len(text) <= head + tail:
+        return text
+    return f"{text[:head]}\n[... {len(text) - head - tail} characters left out ...]\n{text[-tail:]}"
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS)
