@@ -123,8 +123,8 @@ def exit_without_finalizing() -> None:
     Python objects) on their own schedule, which can fall after ``destroy_process_group`` and
     ``main`` have returned. If that happens while Python is finalizing, the thread cannot take
     the GIL, Python ends it with ``pthread_exit``, the C++ runtime calls ``std::terminate``, and
-    the rank dies with SIGABRT ("terminate called without an active exception"): about one
-    run in thirty on a busy 2-core machine (seen with gdb in a core dump, PyTorch 2.13).
+    the rank dies with SIGABRT ("terminate called without an active exception"): 3 runs in 60
+    on a loaded 2-core machine, 1 in 105 unloaded (seen with gdb in a core dump, PyTorch 2.13).
     ``os._exit`` skips finalization. Everything this script writes is closed by then.
     """
     sys.stdout.flush()
